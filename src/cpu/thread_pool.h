@@ -1,0 +1,19 @@
+// A persistent pool of worker threads for the CPU production path. Threads are started once
+// (size: QMM_NUM_THREADS or std::thread::hardware_concurrency) so a call costs a wake-up, not a
+// thread creation.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace qmm::cpu {
+
+/// Number of workers (including the calling thread).
+int num_threads();
+
+/// Calls fn(begin, end) over [0, n) split into contiguous chunks, one per worker, and waits.
+/// Chunks are multiples of `grain` (except the last). Runs inline when n is small or the pool has
+/// one thread. Exceptions thrown by fn are rethrown on the calling thread.
+void parallel_for(std::int64_t n, std::int64_t grain, const std::function<void(std::int64_t, std::int64_t)>& fn);
+
+}  // namespace qmm::cpu
