@@ -1,0 +1,13 @@
+// `qmm info` (scaffolding: the owner of this subcommand replaces this file).
+#include <stdexcept>
+
+#include "tools/qmm/commands.h"
+
+namespace qmm::cli {
+
+void add_info_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "not built yet");
+  cmd->callback([] { throw std::runtime_error("qmm info is not built yet"); });
+}
+
+}  // namespace qmm::cli
