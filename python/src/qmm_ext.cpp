@@ -16,6 +16,7 @@
 //    views ml_dtypes.bfloat16 arrays as uint16 before calling).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
