@@ -188,3 +188,30 @@ inline MatmulMagnitudes matmul_magnitudes(const Tensor& x, const Tensor& w_q, co
 }
 
 }  // namespace qmm::test
+
+namespace qmm::test {
+
+/// A contiguous view of slice `index` of t's leading dims, with shape `inner` (the trailing dims).
+inline TensorView slice_view(const Tensor& t, std::int64_t index, const Shape& inner) {
+  const std::int64_t n = numel(inner);
+  auto* p = static_cast<char*>(t.data()) + static_cast<std::size_t>(index * n) * itemsize(t.dtype());
+  return TensorView(p, inner, t.dtype());
+}
+
+/// Bound on |production - reference| for one quantized_matmul output whose exact value is `exact`
+/// and whose magnitude sum_k |x| (|s q| + |b|) is `magnitude`:
+///   - the reference is the fp64 sum (error ~K 2^-53, negligible) rounded once: u_out |S|;
+///   - a float32-accumulating path errs by at most gamma_{K+3}(2^-24) * magnitude before its own
+///     rounding (per group: g products and sums for sum x q, one for sum x, s*, b*, +; then one
+///     addition per group: at most K + 3 roundings on any path, each relative to a part of the
+///     magnitude), then rounds once: u_out (|S| + that error);
+///   - near zero, subnormal results can be off by half the smallest subnormal per rounding.
+inline double float32_path_tolerance(std::int64_t K, Dtype out_dtype, double exact, double magnitude) {
+  const double u = std::ldexp(1.0, -24), n = static_cast<double>(K) + 3.0;
+  const double gamma = n * u / (1.0 - n * u);
+  const double uo = unit_roundoff(out_dtype);
+  return (1.0 + uo) * gamma * magnitude + 2.0 * uo * std::fabs(exact) + 2.0 * smallest_subnormal(out_dtype) +
+         n * std::ldexp(1.0, -149);
+}
+
+}  // namespace qmm::test
