@@ -130,9 +130,21 @@ QuantizedMatrix check_quantized(const char* op, const TensorView& w_q, const Ten
                          std::equal(w_q.shape.begin(), w_q.shape.end() - 1, scales.shape.begin()) &&
                          (words * 32) % bits == 0 && scales.dim(-1) * group_size == cols;
   if (!shapes_ok) {
+    // Say what would have fitted, so the caller sees which of bits, group_size or the shapes is off.
+    std::string why;
+    if ((words * 32) % bits != 0) {
+      why = "a row of " + std::to_string(words) + " words (" + std::to_string(words * 32) +
+            " bits) is not a whole number of " + std::to_string(bits) + "-bit elements";
+    } else if (cols % group_size != 0) {
+      why = "a row of " + std::to_string(cols) + " elements is not a whole number of groups";
+    } else {
+      Shape expected = w_q.shape;
+      expected.back() = cols / group_size;
+      why = "rows of " + std::to_string(cols) + " elements need scales of shape " + shape_to_string(expected);
+    }
     fail(op, "the shapes of the weight and scales are incompatible based on bits and group_size: w_q " +
                  shape_to_string(w_q.shape) + " and scales " + shape_to_string(scales.shape) +
-                 " with group_size=" + std::to_string(group_size) + " and bits=" + std::to_string(bits));
+                 " with group_size=" + std::to_string(group_size) + " and bits=" + std::to_string(bits) + ": " + why);
   }
   check_memory(op, "w_q", w_q);
   check_memory(op, "scales", scales);
