@@ -293,6 +293,22 @@ nb::dict describe_quantized_matmul(nb::handle x_obj, nb::handle w_obj, nb::handl
   return d;
 }
 
+/// What the extension sees for an input: for tests that check that nothing was copied.
+nb::dict view_info(nb::handle obj, unsigned flags) {
+  InArray a = import_input("view_info", "array", obj);
+  const qmm::TensorView v = view_of("view_info", "array", a, flags);
+  nb::dict d;
+  d["data"] = reinterpret_cast<std::uintptr_t>(v.data);
+  nb::list shape, strides;
+  for (auto x : v.shape) shape.append(x);
+  for (auto x : v.strides) strides.append(x);
+  d["shape"] = nb::tuple(shape);
+  d["strides"] = nb::tuple(strides);
+  d["dtype"] = qmm::dtype_name(v.dtype);
+  d["device"] = qmm::device_name(v.device);
+  return d;
+}
+
 qmm::Device parse_device(const std::string& name) {
   if (name == "cpu") return qmm::Device::cpu();
   if (name == "cuda") return qmm::Device::cuda(0);
@@ -362,6 +378,10 @@ NB_MODULE(_qmm, m) {
   m.def("describe_quantized_matmul", &describe_quantized_matmul, nb::arg("x"), nb::arg("w"), nb::arg("scales"),
         nb::arg("biases"), nb::arg("transpose"), nb::arg("group_size"), nb::arg("bits"), nb::arg("kernel"),
         nb::arg("bf16_mask"), "How a quantized_matmul call would run (kernel, grid, split-K, bytes).");
+  m.def("view_info", &view_info, nb::arg("array"), nb::arg("flags") = 0,
+        "The qmm::TensorView the extension makes of an array (data pointer, shape, strides, dtype, "
+        "device); flags: 1 = int32 as packed uint32, 2 = uint16 as bfloat16 bits. For tests.");
+  m.attr("FLAG_PACKED_WEIGHT") = static_cast<unsigned>(kPackedWeight);
   m.def("kernel_names", [](const std::string& device, const std::string& op) {
         return qmm::kernel_names(parse_device(device), op);
       }, nb::arg("device"), nb::arg("op"), "Kernel configurations the `kernel=` argument accepts.");
