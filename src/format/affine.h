@@ -86,9 +86,26 @@ QMM_HD GroupParams affine_group_params(float wmin, float wmax, int bits) {
 /// q = clamp(rint((w - bias) / scale), 0, n), computed with the float32 scale and bias (not the
 /// values rounded to the storage dtype); rint rounds ties to even.
 QMM_HD std::uint32_t affine_quantize_value(float w, GroupParams p, int bits) {
-  const float q = rintf((w - p.bias) / p.scale);
+  const float q = rintf((w - p.bias) / p.scale);  // no product: nothing to contract
   const float n = static_cast<float>(max_level(bits));
   return static_cast<std::uint32_t>(fminf(fmaxf(q, 0.0f), n));
+}
+
+/// IEEE float product and sum that the compiler may not fuse into an FMA: the format's results
+/// must not depend on contraction (the host build also uses -ffp-contract=off).
+QMM_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+QMM_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
 }
 
 /// Dequantized value as MLX's CPU backend computes it in the storage dtype T: the product is
@@ -97,7 +114,7 @@ QMM_HD std::uint32_t affine_quantize_value(float w, GroupParams p, int bits) {
 template <typename RoundToStorage>
 QMM_HD float affine_dequantize_value(std::uint32_t q, float scale, float bias,
                                      RoundToStorage round_to_storage) {
-  return round_to_storage(round_to_storage(scale * static_cast<float>(q)) + bias);
+  return round_to_storage(add_rn(round_to_storage(mul_rn(scale, static_cast<float>(q))), bias));
 }
 
 }  // namespace qmm::format

@@ -1,0 +1,69 @@
+// Kernel selection for CUDA quantized_matmul as a pure function of the problem and the device,
+// so tests and `qmm bench` can see (and force) every configuration.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qmm/dtype.h"
+
+namespace qmm::detail::cuda_dispatch {
+
+/// What dispatch needs to know about a problem (after batch flattening).
+struct ProblemShape {
+  std::int64_t M = 1, N = 0, K = 0;
+  int bits = 4;
+  int group_size = 64;
+  bool transpose = true;
+  Dtype x_dtype = Dtype::float16;
+  Dtype w_dtype = Dtype::float16;  // scales/biases
+};
+
+struct DeviceShape {
+  int multiprocessors = 132;
+  int compute_capability = 90;
+};
+
+enum class Family {
+  qmv_mma,        // tensor cores, weight-stationary, stream-K split (transpose=true, fp16/bf16)
+  qmv_warp_rows,  // CUDA cores, one warp per weight row (transpose=true, any dtype mix)
+  qvm_columns,    // CUDA cores, threads along N (transpose=false)
+};
+
+struct KernelConfig {
+  Family family = Family::qmv_mma;
+  /// qmv_mma: 8-token tiles per pass (1, 2, 4 or 8): up to 8*token_tiles rows of x per pass.
+  int token_tiles = 1;
+  /// qmv_mma: persistent blocks sharing the (row block, K segment) work evenly (stream-K).
+  int blocks = 0;
+  std::string name() const;
+};
+
+/// Rows of W per qmv_mma block (4 warps x 32 rows) and values of K per segment.
+constexpr int kMmaRowsPerBlock = 128;
+constexpr int kMmaSegment = 128;
+constexpr int kMmaThreads = 128;
+
+/// Resident qmv_mma blocks per SM the kernel is compiled for: 4 (64 KB of loads in flight per
+/// SM) while the accumulators are small, 2 for 32 and 64 tokens so they fit in registers.
+constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 4 : 2; }
+
+/// Names of every configuration `CallOptions::kernel` accepts on CUDA.
+std::vector<std::string> kernel_names();
+
+/// Whether qmv_mma can run this problem (transpose, 16-bit activations matching the scales).
+bool mma_supported(const ProblemShape& p);
+
+/// The configuration dispatch chooses. Pure: same inputs, same answer. The stream-K block count
+/// depends on N, K and the device only, never on M, so every M in 1..64 reduces in the same
+/// order (batch invariance).
+KernelConfig choose(const ProblemShape& p, const DeviceShape& d);
+
+/// The configuration named `name` for this problem; throws qmm::Error if it cannot run it.
+KernelConfig forced(const std::string& name, const ProblemShape& p, const DeviceShape& d);
+
+/// Stream-K block count for qmv_mma (see choose()): one per resident slot, at most one per item.
+int mma_blocks(const ProblemShape& p, const DeviceShape& d, int token_tiles);
+
+}  // namespace qmm::detail::cuda_dispatch

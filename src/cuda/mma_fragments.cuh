@@ -1,0 +1,141 @@
+// Building blocks of the tensor-core kernel family (qmv_mma_kernels.cu): loading a packed
+// 32-value chunk of a weight row, turning its values into exact 16-bit integers, and the
+// m16n8k16 MMA.
+//
+// The k mapping. In mma.m16n8k16 a thread (lane) holds A elements of rows lane/4 and lane/4+8
+// at k slots {2c, 2c+1, 2c+8, 2c+9} (c = lane%4), and B elements of column lane/4 at the same
+// k slots. Because a dot product does not care in which order k is summed, qmm assigns logical k
+// to slots so that each thread reads contiguous memory: in a 128-value K segment, thread c owns
+// the 32-value chunk [32c, 32c+32) of its rows, and in step pair p (two MMAs) it feeds values
+// 8p..8p+7 of that chunk:
+//     even step: slots (2c, 2c+1) <- values (0, 4),  slots (2c+8, 2c+9) <- values (1, 5)
+//     odd step:  slots (2c, 2c+1) <- values (2, 6),  slots (2c+8, 2c+9) <- values (3, 7)
+// The pairing (v, v+4) is what the mask-and-magic-exponent trick yields for 4-bit words, and
+// the same permutation is applied to x with byte permutes, so A and B always agree.
+// A 32-value chunk never crosses a quantization group (groups are 32, 64 or 128 values, chunks
+// are aligned), so one scale and bias per (row, chunk).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace qmm::cuda::mma {
+
+/// One 32-value chunk of a packed row: `Bits` words.
+template <int Bits>
+struct Chunk {
+  std::uint32_t w[Bits];
+};
+
+/// Loads a chunk with the widest aligned vector loads its size allows (the row and chunk
+/// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base).
+template <int Bits>
+__device__ __forceinline__ Chunk<Bits> load_chunk(const std::uint32_t* p) {
+  Chunk<Bits> c;
+  if constexpr (Bits == 4) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    c.w[0] = v.x, c.w[1] = v.y, c.w[2] = v.z, c.w[3] = v.w;
+  } else if constexpr (Bits == 8) {
+    const uint4 v0 = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint4 v1 = __ldg(reinterpret_cast<const uint4*>(p) + 1);
+    c.w[0] = v0.x, c.w[1] = v0.y, c.w[2] = v0.z, c.w[3] = v0.w;
+    c.w[4] = v1.x, c.w[5] = v1.y, c.w[6] = v1.z, c.w[7] = v1.w;
+  } else if constexpr (Bits == 2 || Bits == 6) {
+#pragma unroll
+    for (int i = 0; i < Bits / 2; ++i) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+      c.w[2 * i] = v.x, c.w[2 * i + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < Bits; ++i) c.w[i] = __ldg(p + i);
+  }
+  return c;
+}
+
+/// Value i (0..31) of a chunk; i is a compile-time constant after unrolling.
+template <int Bits>
+__device__ __forceinline__ std::uint32_t chunk_value(const Chunk<Bits>& c, int i) {
+  const int bit = i * Bits;
+  const int word = bit >> 5;
+  const int offset = bit & 31;
+  std::uint32_t v = c.w[word] >> offset;
+  if (offset + Bits > 32) v |= c.w[word + 1] << (32 - offset);
+  return v & ((1u << Bits) - 1u);
+}
+
+/// The pair (value 8p+j, value 8p+j+4) as two 16-bit integers in one word (low, high).
+template <int Bits>
+__device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p, int j) {
+  if constexpr (Bits == 4) {
+    return (c.w[p] >> (4 * j)) & 0x000F000Fu;  // nibbles j and j+4 of word p, already in place
+  } else {
+    return chunk_value<Bits>(c, 8 * p + j) | (chunk_value<Bits>(c, 8 * p + j + 4) << 16);
+  }
+}
+
+template <typename T>
+struct Types;
+
+template <>
+struct Types<__half> {
+  using T2 = __half2;
+  /// Exponent of 1024: 1024 + v is exact in fp16 for v < 1024.
+  static constexpr std::uint32_t kMagic = 0x64006400u;
+  static constexpr bool kMagicCoversByte = true;
+};
+
+template <>
+struct Types<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  /// Exponent of 128: 128 + v is exact in bf16 for v < 128 (not for 8-bit values).
+  static constexpr std::uint32_t kMagic = 0x43004300u;
+  static constexpr bool kMagicCoversByte = false;
+};
+
+template <typename T2>
+__device__ __forceinline__ T2 as_t2(std::uint32_t u) {
+  return *reinterpret_cast<T2*>(&u);
+}
+template <typename T2>
+__device__ __forceinline__ std::uint32_t as_u32(T2 v) {
+  return *reinterpret_cast<std::uint32_t*>(&v);
+}
+
+/// Two packed integers (< 2^Bits) to two exact 16-bit floats, then w = s*q + b with one rounding.
+template <typename T, int Bits>
+__device__ __forceinline__ std::uint32_t dequant_pair(std::uint32_t pair, typename Types<T>::T2 s2,
+                                                      typename Types<T>::T2 b2) {
+  using T2 = typename Types<T>::T2;
+  T2 q;
+  if constexpr (Bits == 8 && !Types<T>::kMagicCoversByte) {
+    q = __floats2bfloat162_rn(static_cast<float>(pair & 0xFFFFu), static_cast<float>(pair >> 16));
+  } else {
+    constexpr std::uint32_t magic = Types<T>::kMagic;
+    q = __hsub2(as_t2<T2>(pair | magic), as_t2<T2>(magic));
+  }
+  return as_u32(__hfma2(q, s2, b2));
+}
+
+/// d += a * b, m16n8k16, fp32 accumulate.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                          std::uint32_t b1) {
+  if constexpr (sizeof(T) == 2 && Types<T>::kMagicCoversByte) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+}  // namespace qmm::cuda::mma

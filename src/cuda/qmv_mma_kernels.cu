@@ -1,0 +1,393 @@
+// qmv_mma: the small-M kernel family. transpose=true (W is N x K), fp16/bf16 activations.
+//
+// Each weight byte is read from memory once and dequantized once per pass of up to
+// 8*TokenTiles rows of x (M is a template parameter through TokenTiles, never a grid
+// dimension). Weights are the 16-row A operand of mma.m16n8k16, tokens the 8-wide B operand,
+// fp32 accumulation. The dequantized weight s*q + b is formed with one fused 16-bit multiply-add
+// from the exact integer q (see mma_fragments.cuh for the k mapping).
+//
+// Work split (stream-K): the problem is a grid of items (row block of 128 rows, K segment of 128
+// values). `blocks` persistent blocks take equal contiguous runs of items in row-block-major
+// order, so every block streams the same number of bytes whatever N and K are. A row block
+// covered by several blocks is finished by the last of them to arrive, which adds the fp32
+// partials in block order: a fixed order, independent of M and of timing, so every output row
+// is bit-identical whether it ran alone or with 63 others.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "src/cuda/check.h"
+#include "src/cuda/kernels.h"
+#include "src/cuda/mma_fragments.cuh"
+#include "src/cuda/workspace.h"
+#include "src/format/affine.h"
+
+namespace qmm::detail {
+namespace {
+
+namespace mma = qmm::cuda::mma;
+using cuda_dispatch::kMmaRowsPerBlock;
+using cuda_dispatch::kMmaSegment;
+using cuda_dispatch::kMmaThreads;
+
+struct MmaParams {
+  const void* x;
+  void* out;
+  const std::uint32_t* w_q;
+  const void* scales;
+  const void* biases;
+  int M;  // rows of x in this pass (<= 8 * TokenTiles)
+  int N;
+  int K;
+  int group_size;
+  std::int64_t words_per_row;
+  int groups_per_row;
+  int row_blocks;
+  int segments;
+  int blocks;
+  int* counters;    // one per row block, zero between calls
+  float* partials;  // [blocks][2][fragment floats]
+};
+
+/// Item range [start, end) of block b.
+__device__ __forceinline__ std::int64_t item_start(std::int64_t items, int blocks, int b) {
+  return items * b / blocks;
+}
+/// The block whose range holds item t.
+__device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std::int64_t t) {
+  return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
+}
+
+template <typename T, int Bits>
+struct SegmentLoad {
+  mma::Chunk<Bits> chunk[4];  // rows r, r+8, r+16, r+24 of this warp
+  typename mma::Types<T>::T2 s2[4];
+  typename mma::Types<T>::T2 b2[4];
+};
+
+template <typename T, int Bits>
+__device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
+                                             const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                             const T* const (&brow)[4], int seg, int c) {
+  using T2 = typename mma::Types<T>::T2;
+  const int k_chunk = seg * kMmaSegment + 32 * c;
+  if (k_chunk < p.K) {
+    const int g = k_chunk / p.group_size;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      L.chunk[i] = mma::load_chunk<Bits>(wrow[i] + static_cast<std::int64_t>(seg * 4 + c) * Bits);
+      const T s = srow[i][g];
+      const T b = brow[i][g];
+      L.s2[i] = T2{s, s};
+      L.b2[i] = T2{b, b};
+    }
+  } else {
+    // K tail: zero weights (q = 0, s = 0, b = 0) so the MMA adds exact zeros.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int w = 0; w < Bits; ++w) L.chunk[i].w[w] = 0;
+      L.s2[i] = mma::as_t2<T2>(0u);
+      L.b2[i] = mma::as_t2<T2>(0u);
+    }
+  }
+}
+
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
+                                                const MmaParams& p, int seg, int c, int token) {
+  const int k_chunk = seg * kMmaSegment + 32 * c;
+  const bool valid = k_chunk < p.K;
+  const T* x = static_cast<const T*>(p.x);
+#pragma unroll
+  for (int pair = 0; pair < 4; ++pair) {
+    // B fragments for the two steps of this pair, per token tile (see mma_fragments.cuh).
+    std::uint32_t bx[TokenTiles][4];
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+      const int m = t * 8 + token;
+      uint4 X = make_uint4(0, 0, 0, 0);
+      if (valid && m < p.M) {
+        X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k_chunk + 8 * pair));
+      }
+      bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
+      bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
+      bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
+      bx[t][3] = __byte_perm(X.y, X.w, 0x7632);  // (x3, x7)
+    }
+#pragma unroll
+    for (int step = 0; step < 2; ++step) {
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile) {
+        const int r0 = 2 * tile, r8 = 2 * tile + 1;
+        std::uint32_t a[4];
+        a[0] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step), L.s2[r0], L.b2[r0]);
+        a[1] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step), L.s2[r8], L.b2[r8]);
+        a[2] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1), L.s2[r0], L.b2[r0]);
+        a[3] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1), L.s2[r8], L.b2[r8]);
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t) {
+          mma::mma_16816<T>(acc[tile][t], a, bx[t][2 * step], bx[t][2 * step + 1]);
+        }
+      }
+    }
+  }
+}
+
+/// Writes an accumulator fragment to out (rows of W are columns of out).
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb,
+                                             int warp, int lane) {
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = rb * kMmaRowsPerBlock + warp * 32 + tile * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
+        const int m = t * 8 + 2 * (lane & 3) + (e & 1);
+        if (n < p.N && m < p.M) out[static_cast<std::int64_t>(m) * p.N + n] = T(acc[tile][t][e]);
+      }
+    }
+  }
+}
+
+template <typename T, int Bits, int TokenTiles>
+__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_blocks_per_sm(TokenTiles))
+    qmv_mma_kernel(const MmaParams p) {
+  constexpr int kFragmentFloats = kMmaThreads * 2 * TokenTiles * 4;
+  __shared__ int s_is_last;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
+  const int c = lane & 3;          // which 32-value chunk of a segment this thread feeds
+  const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
+  const std::int64_t start = item_start(items, p.blocks, blockIdx.x);
+  const std::int64_t end = item_start(items, p.blocks, blockIdx.x + 1);
+  const T* scales = static_cast<const T*>(p.scales);
+  const T* biases = static_cast<const T*>(p.biases);
+
+  for (std::int64_t cur = start; cur < end;) {
+    const int rb = static_cast<int>(cur / p.segments);
+    const int s0 = static_cast<int>(cur % p.segments);
+    const int s1 = static_cast<int>(std::min<std::int64_t>(p.segments, s0 + (end - cur)));
+
+    const std::uint32_t* wrow[4];
+    const T* srow[4];
+    const T* brow[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // Rows past N read row N-1 (valid memory); their outputs are never stored.
+      const int n = min(rb * kMmaRowsPerBlock + warp * 32 + i * 8 + row_in_8, p.N - 1);
+      wrow[i] = p.w_q + n * p.words_per_row;
+      srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
+      brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
+    }
+
+    float acc[2][TokenTiles][4];
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
+
+    // Register double buffer: the next segment's loads are in flight while this one computes.
+    SegmentLoad<T, Bits> current;
+    load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
+    for (int seg = s0; seg < s1; ++seg) {
+      SegmentLoad<T, Bits> next;
+      if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+      compute_segment<T, Bits, TokenTiles>(acc, current, p, seg, c, row_in_8);
+      if (seg + 1 < s1) current = next;
+    }
+
+    if (s0 == 0 && s1 == p.segments) {
+      store_output<T, TokenTiles>(acc, p, rb, warp, lane);
+    } else {
+      // Partial row block: publish, and let the last contributor reduce in block order.
+      const int slot = cur == start ? 0 : 1;
+      float* mine = p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats;
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) mine[((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x] = acc[tile][t][e];
+      __threadfence();
+      __syncthreads();
+      const std::int64_t rb_first_item = static_cast<std::int64_t>(rb) * p.segments;
+      const int first = block_of_item(items, p.blocks, rb_first_item);
+      const int last = block_of_item(items, p.blocks, rb_first_item + p.segments - 1);
+      if (threadIdx.x == 0) {
+        const int arrived = atomicAdd(&p.counters[rb], 1);
+        s_is_last = arrived == last - first;
+      }
+      __syncthreads();
+      if (s_is_last) {
+        __threadfence();
+#pragma unroll
+        for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+          for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
+        for (int b = first; b <= last; ++b) {
+          const int b_slot = item_start(items, p.blocks, b) >= rb_first_item ? 0 : 1;
+          const float* theirs = p.partials + (static_cast<std::int64_t>(b) * 2 + b_slot) * kFragmentFloats;
+#pragma unroll
+          for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+            for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+              for (int e = 0; e < 4; ++e)
+                acc[tile][t][e] += __ldcg(theirs + ((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x);
+        }
+        store_output<T, TokenTiles>(acc, p, rb, warp, lane);
+        if (threadIdx.x == 0) p.counters[rb] = 0;  // ready for the next call on this stream
+      }
+      __syncthreads();  // s_is_last is reused by the next row block
+    }
+    cur += s1 - s0;
+  }
+}
+
+std::size_t counters_bytes(int row_blocks) {
+  return (static_cast<std::size_t>(row_blocks) * sizeof(int) + 255) & ~static_cast<std::size_t>(255);
+}
+
+MmaParams make_params(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
+  MmaParams q{};
+  q.w_q = p.w.w_q;
+  q.scales = p.w.scales;
+  q.biases = p.w.biases;
+  q.N = static_cast<int>(p.N);
+  q.K = static_cast<int>(p.K);
+  q.group_size = p.w.group_size;
+  q.words_per_row = format::packed_words(p.K, p.w.bits);
+  q.groups_per_row = static_cast<int>(p.K / p.w.group_size);
+  q.row_blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
+  q.segments = static_cast<int>((p.K + kMmaSegment - 1) / kMmaSegment);
+  q.blocks = config.blocks;
+  return q;
+}
+
+template <typename T, int Bits, int TokenTiles>
+void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  MmaParams q = make_params(p, config);
+  const std::size_t fragment_bytes = static_cast<std::size_t>(kMmaThreads) * 2 * TokenTiles * 4 * sizeof(float);
+  char* ws = static_cast<char*>(stream_workspace(stream, qmv_mma_workspace_bytes(p, config)));
+  q.counters = reinterpret_cast<int*>(ws);
+  q.partials = reinterpret_cast<float*>(ws + counters_bytes(q.row_blocks));
+  (void)fragment_bytes;
+  const int rows_per_pass = 8 * TokenTiles;
+  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
+    q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
+    q.x = static_cast<const T*>(p.x) + m0 * p.K;
+    q.out = static_cast<T*>(p.out) + m0 * p.N;
+    qmv_mma_kernel<T, Bits, TokenTiles><<<config.blocks, kMmaThreads, 0, stream>>>(q);
+    QMM_CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <typename T, int TokenTiles>
+void launch_bits(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  switch (p.w.bits) {
+    case 2:
+      return launch_typed<T, 2, TokenTiles>(p, config, stream);
+    case 3:
+      return launch_typed<T, 3, TokenTiles>(p, config, stream);
+    case 4:
+      return launch_typed<T, 4, TokenTiles>(p, config, stream);
+    case 5:
+      return launch_typed<T, 5, TokenTiles>(p, config, stream);
+    case 6:
+      return launch_typed<T, 6, TokenTiles>(p, config, stream);
+    case 8:
+      return launch_typed<T, 8, TokenTiles>(p, config, stream);
+    default:
+      throw std::logic_error("qmv_mma: unsupported bits reached the launcher");
+  }
+}
+
+template <typename T>
+void launch_dtype(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  switch (config.token_tiles) {
+    case 1:
+      return launch_bits<T, 1>(p, config, stream);
+    case 2:
+      return launch_bits<T, 2>(p, config, stream);
+    case 4:
+      return launch_bits<T, 4>(p, config, stream);
+    case 8:
+      return launch_bits<T, 8>(p, config, stream);
+    default:
+      throw std::logic_error("qmv_mma: unsupported token tile count");
+  }
+}
+
+template <typename T, int Bits, int TokenTiles>
+const void* kernel_symbol() {
+  return reinterpret_cast<const void*>(&qmv_mma_kernel<T, Bits, TokenTiles>);
+}
+
+template <typename T, int TokenTiles>
+const void* symbol_bits(int bits) {
+  switch (bits) {
+    case 2:
+      return kernel_symbol<T, 2, TokenTiles>();
+    case 3:
+      return kernel_symbol<T, 3, TokenTiles>();
+    case 4:
+      return kernel_symbol<T, 4, TokenTiles>();
+    case 5:
+      return kernel_symbol<T, 5, TokenTiles>();
+    case 6:
+      return kernel_symbol<T, 6, TokenTiles>();
+    default:
+      return kernel_symbol<T, 8, TokenTiles>();
+  }
+}
+
+template <typename T>
+const void* symbol_tiles(int bits, int tiles) {
+  switch (tiles) {
+    case 1:
+      return symbol_bits<T, 1>(bits);
+    case 2:
+      return symbol_bits<T, 2>(bits);
+    case 4:
+      return symbol_bits<T, 4>(bits);
+    default:
+      return symbol_bits<T, 8>(bits);
+  }
+}
+
+}  // namespace
+
+std::size_t qmv_mma_workspace_bytes(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
+  const MmaParams q = make_params(p, config);
+  const std::size_t fragment_bytes = static_cast<std::size_t>(kMmaThreads) * 2 * config.token_tiles * 4 * sizeof(float);
+  return counters_bytes(q.row_blocks) + static_cast<std::size_t>(config.blocks) * 2 * fragment_bytes;
+}
+
+int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
+  const void* fn = p.x_dtype == Dtype::bfloat16 ? symbol_tiles<__nv_bfloat16>(p.w.bits, config.token_tiles)
+                                                : symbol_tiles<__half>(p.w.bits, config.token_tiles);
+  int blocks = 0;
+  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kMmaThreads, 0));
+  return blocks;
+}
+
+void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  if (p.x_dtype == Dtype::bfloat16) {
+    launch_dtype<__nv_bfloat16>(p, config, stream);
+  } else {
+    launch_dtype<__half>(p, config, stream);
+  }
+}
+
+}  // namespace qmm::detail
