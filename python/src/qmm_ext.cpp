@@ -102,6 +102,8 @@ qmm::TensorView view_of(const char* op, const char* name, const Array& a, unsign
     shape[i] = static_cast<std::int64_t>(a.shape(i));
     strides[i] = a.stride(i);
   }
+  // An empty array's strides mean nothing (producers report zeros or anything else).
+  if (qmm::numel(shape) == 0) strides = qmm::contiguous_strides(shape);
   void* data = const_cast<void*>(static_cast<const void*>(a.data()));
   return qmm::TensorView(data, std::move(shape), std::move(strides), dtype_of(op, name, a.dtype(), flags),
                          device_of(op, name, a.device_type(), a.device_id()));
