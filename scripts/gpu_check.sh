@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: configure, build, run the CUDA tests (optionally under
+# compute-sanitizer) and the benchmark, writing logs to $OUT (or ./gpu-out).
+#   scripts/gpu_check.sh [--debs DIR] [--sanitize] [--bench "ARGS"] [--tests REGEX]
+# --debs DIR: Debian packages (.deb) to unpack for headers/libraries the machine lacks
+#             (GoogleTest, CLI11, nlohmann-json); see README "GPU runs".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+DEBS="" SANITIZE=0 BENCH="" TESTS="" TARGETS="qmm_cuda_tests qmm_cli"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --debs) DEBS=$2; shift 2 ;;
+    --sanitize) SANITIZE=1; shift ;;
+    --bench) BENCH=$2; shift 2 ;;
+    --tests) TESTS=$2; shift 2 ;;
+    --targets) TARGETS=$2; shift 2 ;;
+    *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+PREFIX_ARGS=()
+if [ -n "$DEBS" ]; then
+  mkdir -p /tmp/qmm-deps
+  for f in "$DEBS"/*.deb; do dpkg -x "$f" /tmp/qmm-deps; done
+  PREFIX_ARGS=(-DCMAKE_PREFIX_PATH=/tmp/qmm-deps/usr)
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${PREFIX_ARGS[@]}" \
+  >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+# -k 0: build every target that can be built, so one broken tool does not block the tests.
+cmake --build build-gpu -j"$(nproc)" --target $TARGETS -- -k 0 >"$OUT/build.log" 2>&1
+grep -E "error|FAILED" "$OUT/build.log" | head -20
+status=0
+if [ -x build-gpu/tests/qmm_cuda_tests ]; then
+  FILTER=()
+  [ -n "$TESTS" ] && FILTER=(--gtest_filter="$TESTS")
+  build-gpu/tests/qmm_cuda_tests "${FILTER[@]}" >"$OUT/cuda_tests.log" 2>&1 || status=1
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|Failure" "$OUT/cuda_tests.log" | head -40
+  if [ "$SANITIZE" = 1 ]; then
+    for tool in memcheck racecheck; do
+      compute-sanitizer --tool $tool --error-exitcode 3 build-gpu/tests/qmm_cuda_tests \
+        --gtest_filter='CudaMatmul.NAndK*:CudaMatmul.LargeK*:CudaMatmul.Capturable*:CudaQuantize.*' \
+        >"$OUT/sanitize_$tool.log" 2>&1; echo "compute-sanitizer $tool exit $?"
+      tail -3 "$OUT/sanitize_$tool.log"
+    done
+  fi
+fi
+if [ -n "$BENCH" ] && [ -x build-gpu/qmm ]; then
+  # shellcheck disable=SC2086
+  build-gpu/qmm bench $BENCH 2>"$OUT/bench.err" | tee "$OUT/bench.txt"
+fi
+exit $status

@@ -1,0 +1,287 @@
+// CUDA backend against the CPU: quantize/dequantize bit for bit, every quantized_matmul kernel
+// configuration forced directly against the fp64 reference on fresh random data (outputs
+// poisoned first), awkward M/N/K, batch invariance, CUDA-graph capture, batched inputs.
+// Label `cuda`: every test skips itself where there is no GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qmm/qmm.h"
+#include "tests/test_support.h"
+
+#if defined(QMM_HAVE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace qmm::test {
+namespace {
+
+#define QMM_REQUIRE_GPU() \
+  if (!qmm::cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+const Device kGpu = Device::cuda(0);
+
+void store_element(const Tensor& t, std::int64_t i, double v) {
+  const auto f = static_cast<float>(v);
+  switch (t.dtype()) {
+    case Dtype::float16:
+      t.data_as<std::uint16_t>()[i] = float_to_float16_bits(f);
+      break;
+    case Dtype::bfloat16:
+      t.data_as<std::uint16_t>()[i] = float_to_bfloat16_bits(f);
+      break;
+    default:
+      t.data_as<float>()[i] = f;
+      break;
+  }
+}
+
+Tensor poisoned_on(const Shape& shape, Dtype dtype, Device device) {
+  Tensor host = poisoned(shape, dtype);
+  return device.type == DeviceType::cpu ? host : host.to(device);
+}
+
+/// Error bound of a CUDA path that forms each dequantized weight in the 16-bit weight dtype
+/// (one rounding of s*q + b, relative u_w) and accumulates in fp32: the fp32-path bound plus
+/// u_w times the magnitude.
+double cuda_tolerance(std::int64_t K, Dtype w_dtype, Dtype out_dtype, double exact, double magnitude) {
+  const double uw = w_dtype == Dtype::float32 ? 0.0 : unit_roundoff(w_dtype);
+  return float32_path_tolerance(K, out_dtype, exact, magnitude) + 2.0 * uw * magnitude;
+}
+
+struct Case {
+  std::int64_t M, N, K;
+  int bits, group;
+  Dtype xd, wd;
+  bool transpose;
+  std::string kernel;
+};
+
+std::string describe(const Case& c) {
+  return "M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) +
+         " bits=" + std::to_string(c.bits) + " g=" + std::to_string(c.group) + " x=" + dtype_name(c.xd) +
+         " w=" + dtype_name(c.wd) + " transpose=" + (c.transpose ? "true" : "false") + " kernel=" + c.kernel;
+}
+
+/// Runs one case on the GPU and compares it element by element with the CPU fp64 reference.
+void check_case(const Case& c, std::mt19937& rng) {
+  SCOPED_TRACE(describe(c));
+  const Shape wshape = c.transpose ? Shape{c.N, c.K} : Shape{c.K, c.N};
+  CallOptions ref;
+  ref.kernel = "reference";
+  const QuantizedWeights q = quantize(random_tensor(wshape, c.wd, rng, 0.5f, 0.02f), c.group, c.bits, ref);
+  const Tensor x = random_tensor({c.M, c.K}, c.xd, rng);
+  const Dtype out_dtype = promote_types(c.xd, c.wd);
+  const Tensor expected = Tensor::empty({c.M, c.N}, out_dtype);
+  quantized_matmul_into(x, q.w_q, q.scales, q.biases, expected, c.transpose, c.group, c.bits, ref);
+
+  const Tensor xg = x.to(kGpu), wq = q.w_q.to(kGpu), sg = q.scales.to(kGpu), bg = q.biases.to(kGpu);
+  const Tensor out = poisoned_on({c.M, c.N}, out_dtype, kGpu);
+  CallOptions opts;
+  opts.kernel = c.kernel;
+  quantized_matmul_into(xg, wq, sg, bg, out, c.transpose, c.group, c.bits, opts);
+  synchronize();
+  const Tensor got = out.to(Device::cpu());
+
+  const MatmulMagnitudes mags = matmul_magnitudes(x, q.w_q, q.scales, q.biases, c.transpose, c.group, c.bits, c.M, c.K, c.N);
+  int failures = 0;
+  for (std::int64_t i = 0; i < c.M * c.N && failures < 5; ++i) {
+    const double g = element(got, i);
+    const double e = mags.exact[static_cast<std::size_t>(i)];
+    const double tol = cuda_tolerance(c.K, c.wd, out_dtype, e, mags.magnitude[static_cast<std::size_t>(i)]) +
+                       unit_roundoff(out_dtype) * std::fabs(element(expected, i) - e);
+    if (!(std::fabs(g - e) <= tol)) {  // NaN (an unwritten, poisoned element) fails too
+      ADD_FAILURE() << "at (" << i / c.N << ", " << i % c.N << "): got " << g << ", exact " << e << ", reference "
+                    << element(expected, i) << ", tolerance " << tol;
+      ++failures;
+    }
+  }
+}
+
+std::vector<std::string> mma_kernels() { return {"qmv_mma_m8", "qmv_mma_m16", "qmv_mma_m32", "qmv_mma_m64"}; }
+
+TEST(CudaQuantize, BitIdenticalToCpu) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(1234);
+  for (Dtype dt : {Dtype::float32, Dtype::float16, Dtype::bfloat16}) {
+    for (int bits : {2, 3, 4, 5, 6, 8}) {
+      for (int g : {32, 64, 128}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " bits=" + std::to_string(bits) + " g=" + std::to_string(g));
+        // Rows of random values plus constant, zero and all-negative rows.
+        Tensor w = random_tensor({5, 3, 256}, dt, rng, 2.0f, 0.3f);
+        for (int i = 0; i < 256; ++i) {
+          store_element(w, 0 * 256 + i, 0.75);
+          store_element(w, 1 * 256 + i, 0.0);
+          store_element(w, 2 * 256 + i, -std::fabs(element(w, 2 * 256 + i)) - 0.01);
+        }
+        const QuantizedWeights cpu = quantize(w, g, bits);
+        const QuantizedWeights gpu = quantize(w.to(kGpu), g, bits);
+        EXPECT_TRUE(bitwise_equal(cpu.w_q, gpu.w_q.to(Device::cpu())));
+        EXPECT_TRUE(bitwise_equal(cpu.scales, gpu.scales.to(Device::cpu())));
+        EXPECT_TRUE(bitwise_equal(cpu.biases, gpu.biases.to(Device::cpu())));
+        const Tensor dq_cpu = dequantize(cpu.w_q, cpu.scales, cpu.biases, g, bits);
+        const Tensor out = poisoned_on(dq_cpu.shape(), dq_cpu.dtype(), kGpu);
+        dequantize_into(gpu.w_q, gpu.scales, gpu.biases, out, g, bits);
+        EXPECT_TRUE(bitwise_equal(dq_cpu, out.to(Device::cpu())));
+      }
+    }
+  }
+}
+
+TEST(CudaMatmul, EveryMmaConfigEveryFormat) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(7);
+  for (const auto& kernel : mma_kernels()) {
+    for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
+      for (int bits : {2, 3, 4, 5, 6, 8}) {
+        for (int g : {32, 64, 128}) {
+          for (std::int64_t M : {1, 5, 13}) check_case({M, 200, 384, bits, g, dt, dt, true, kernel}, rng);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaMatmul, AwkwardMAroundTokenTiles) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(11);
+  std::vector<std::int64_t> ms;
+  for (std::int64_t m = 1; m <= 17; ++m) ms.push_back(m);
+  for (std::int64_t m : {31, 32, 33, 63, 64, 65, 127, 128, 129}) ms.push_back(m);
+  for (std::int64_t M : ms) check_case({M, 264, 640, 4, 64, Dtype::float16, Dtype::float16, true, ""}, rng);
+}
+
+TEST(CudaMatmul, NAndKAroundTileAndGroupBoundaries) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(13);
+  // N around the 16-row MMA tile and the 128-row block; K around the 32-value chunk, the
+  // 128-value segment and the group.
+  for (std::int64_t N : {1, 7, 8, 15, 16, 17, 127, 128, 129, 300}) {
+    for (std::int64_t K : {32, 64, 96, 128, 160, 256, 288, 1056}) {
+      for (int g : {32, 64, 128}) {
+        if (K % g != 0) continue;
+        check_case({3, N, K, 4, g, Dtype::float16, Dtype::float16, true, ""}, rng);
+        check_case({9, N, K, 3, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
+      }
+    }
+  }
+}
+
+TEST(CudaMatmul, LargeKSplitAcrossBlocks) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(17);
+  // Few row blocks and many K segments: every row block is shared by many stream-K blocks.
+  check_case({4, 256, 8192, 4, 64, Dtype::float16, Dtype::float16, true, ""}, rng);
+  check_case({16, 1024, 5120, 4, 64, Dtype::float16, Dtype::float16, true, ""}, rng);
+  check_case({2, 5120, 1024, 8, 128, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
+}
+
+TEST(CudaMatmul, CudaCoreKernelsEveryDtypeMix) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(19);
+  const Dtype all[] = {Dtype::float32, Dtype::float16, Dtype::bfloat16};
+  for (Dtype xd : all) {
+    for (Dtype wd : all) {
+      for (int bits : {2, 3, 4, 5, 6, 8}) {
+        for (int g : {32, 128}) {
+          check_case({3, 136, 256, bits, g, xd, wd, true, "qmv_warp_rows"}, rng);
+          check_case({10, 136, 256, bits, g, xd, wd, false, "qvm_columns"}, rng);
+        }
+      }
+      check_case({4, 200, 384, 4, 64, xd, wd, true, ""}, rng);   // dispatch's choice
+      check_case({4, 192, 384, 4, 64, xd, wd, false, ""}, rng);  // transpose=false dispatch
+    }
+  }
+}
+
+/// Row r of a call with M rows is bit-identical to the call with row r alone, for M = 1..16.
+TEST(CudaMatmul, BatchInvariance) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(23);
+  for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
+    for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{1024, 5120}, {5120, 1024}, {300, 4096}}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+      const QuantizedWeights q = quantize(random_tensor({N, K}, dt, rng, 0.5f).to(kGpu), 64, 4);
+      const Tensor x = random_tensor({16, K}, dt, rng).to(kGpu);
+      std::vector<Tensor> alone;
+      for (std::int64_t r = 0; r < 16; ++r) {
+        const TensorView xr(static_cast<char*>(x.data()) + r * K * 2, {1, K}, dt, kGpu);
+        alone.push_back(quantized_matmul(xr, q.w_q, q.scales, q.biases).to(Device::cpu()));
+      }
+      for (std::int64_t M = 1; M <= 16; ++M) {
+        const TensorView xm(x.data(), {M, K}, dt, kGpu);
+        const Tensor out = quantized_matmul(xm, q.w_q, q.scales, q.biases).to(Device::cpu());
+        for (std::int64_t r = 0; r < M; ++r) {
+          const Tensor row = Tensor::empty({1, N}, dt);
+          std::memcpy(row.data(), static_cast<char*>(out.data()) + r * N * 2, static_cast<std::size_t>(N) * 2);
+          ASSERT_TRUE(bitwise_equal(alone[static_cast<std::size_t>(r)], row)) << "M=" << M << " row " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaMatmul, BatchedAndBroadcastInputs) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(29);
+  const Dtype dt = Dtype::float16;
+  const QuantizedWeights q = quantize(random_tensor({3, 136, 256}, dt, rng, 0.5f), 64, 4);
+  const Tensor x = random_tensor({2, 1, 5, 256}, dt, rng);
+  const Tensor cpu = quantized_matmul(x, q.w_q, q.scales, q.biases);
+  const Tensor gpu = quantized_matmul(x.to(kGpu), q.w_q.to(kGpu), q.scales.to(kGpu), q.biases.to(kGpu)).to(Device::cpu());
+  ASSERT_EQ(gpu.shape(), (Shape{2, 3, 5, 136}));
+  for (std::int64_t i = 0; i < cpu.numel(); ++i) {
+    ASSERT_NEAR(element(gpu, i), element(cpu, i), 4e-3 * (1.0 + std::fabs(element(cpu, i)))) << "at " << i;
+  }
+}
+
+#if defined(QMM_HAVE_CUDA)
+TEST(CudaMatmul, CapturableInCudaGraph) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(31);
+  const Dtype dt = Dtype::float16;
+  const QuantizedWeights q = quantize(random_tensor({1024, 5120}, dt, rng, 0.5f).to(kGpu), 64, 4);
+  const Tensor x = random_tensor({3, 5120}, dt, rng).to(kGpu);
+  const Tensor eager = quantized_matmul(x, q.w_q, q.scales, q.biases);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  CallOptions opts;
+  opts.stream.handle = stream;
+  const Tensor out = poisoned_on({3, 1024}, dt, kGpu);
+  quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts);  // allocates the workspace
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  const Tensor graph_out = poisoned_on({3, 1024}, dt, kGpu);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  quantized_matmul_into(x, q.w_q, q.scales, q.biases, graph_out, true, 64, 4, opts);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_TRUE(bitwise_equal(eager.to(Device::cpu()), graph_out.to(Device::cpu())));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+#endif
+
+TEST(CudaMatmul, ForcedKernelThatCannotRunWritesNothing) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(37);
+  const QuantizedWeights q = quantize(random_tensor({64, 128}, Dtype::float32, rng).to(kGpu), 64, 4);
+  const Tensor x = random_tensor({2, 128}, Dtype::float32, rng).to(kGpu);
+  const Tensor out = poisoned_on({2, 64}, Dtype::float32, kGpu);
+  const Tensor before = out.to(Device::cpu());
+  CallOptions opts;
+  opts.kernel = "qmv_mma_m8";  // needs 16-bit activations
+  EXPECT_THROW(quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts), Error);
+  EXPECT_TRUE(bitwise_equal(before, out.to(Device::cpu())));
+}
+
+}  // namespace
+}  // namespace qmm::test
