@@ -215,3 +215,16 @@ def test_describe_quantized_matmul(rng):
     assert info["device"] == "cpu"
     assert info["min_weight_bytes"] == q.nbytes + s.nbytes + b.nbytes
     assert info["weight_bytes"] >= info["min_weight_bytes"]
+
+
+def test_type_stub_lists_every_name_of_the_extension():
+    import ast
+    import pathlib
+
+    stub = pathlib.Path(qmm.__file__).with_name("_qmm.pyi")
+    assert stub.exists() and stub.with_name("py.typed").exists()
+    tree = ast.parse(stub.read_text())
+    declared = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    declared |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    public = {n for n in dir(_qmm) if not n.startswith("_")} | {"__version__"}
+    assert public <= declared, public - declared
