@@ -9,6 +9,15 @@ weights and calling qmm in ``forward``.
 The layer is for inference: it has buffers, no parameters, and its output has no gradient.
 ``forward`` allocates nothing but its output, from PyTorch's caching allocator, and runs on
 PyTorch's current CUDA stream, so it can be captured in a CUDA graph (``torch.cuda.graph``).
+Run it once on the stream you capture on before capturing (qmm keeps a split-K workspace per
+stream and cannot allocate it during a capture)::
+
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        layer(static_x)                      # warm-up: sets up qmm's workspace for stream s
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        static_y = layer(static_x)
 """
 
 from __future__ import annotations

@@ -180,6 +180,8 @@ def test_torch_cuda_runs_on_the_current_stream():
 
 @needs_torch_cuda
 def test_quantized_linear_under_cuda_graph():
+    """PyTorch's recipe, with the warm-up on the stream that is then captured: qmm keeps its
+    split-K workspace per stream and cannot allocate it during a capture."""
     import qmm.torch as qtorch
 
     torch.manual_seed(0)
@@ -193,7 +195,7 @@ def test_quantized_linear_under_cuda_graph():
             layer(static_x)
     torch.cuda.current_stream().wait_stream(warm)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=warm):
         static_y = layer(static_x)
     for _ in range(3):
         new_x = torch.randn_like(static_x)
@@ -208,15 +210,41 @@ def test_functional_quantized_matmul_under_cuda_graph():
     w = torch.randn(1024, 2048, device="cuda", dtype=torch.bfloat16)
     q, s, b = qmm.quantize(w)
     static_x = torch.randn(5, 2048, device="cuda", dtype=torch.bfloat16)
-    qmm.quantized_matmul(static_x, q, s, b)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        qmm.quantized_matmul(static_x, q, s, b)  # warm-up on the stream to be captured
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         static_y = qmm.quantized_matmul(static_x, q, s, b)
     static_x.normal_()
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static_y, qmm.quantized_matmul(static_x, q, s, b))
+
+
+@needs_torch_cuda
+def test_capture_on_a_stream_qmm_has_not_used():
+    """torch.cuda.graph() without stream= captures on its own stream. qmm either works there
+    (its workspace allocation is capture-safe) or says how to fix the call, without breaking the
+    capture or the device."""
+    w = torch.randn(1024, 8192, device="cuda", dtype=torch.float16)
+    q, s, b = qmm.quantize(w)
+    x = torch.randn(2, 8192, device="cuda", dtype=torch.float16)
+    expected = qmm.quantized_matmul(x, q, s, b)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
+            y = qmm.quantized_matmul(x, q, s, b)
+    except (RuntimeError, ValueError) as e:
+        assert "before capturing" in str(e), str(e)
+    else:
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, expected)
+    assert torch.equal(qmm.quantized_matmul(x, q, s, b), expected)  # the device still works
 
 
 @needs_torch_cuda
