@@ -189,7 +189,7 @@ TEST(CudaMatmul, CudaCoreKernelsEveryDtypeMix) {
       for (int bits : {2, 3, 4, 5, 6, 8}) {
         for (int g : {32, 128}) {
           check_case({3, 136, 256, bits, g, xd, wd, true, "qmv_warp_rows"}, rng);
-          check_case({10, 136, 256, bits, g, xd, wd, false, "qvm_columns"}, rng);
+          check_case({10, 256, 136, bits, g == 32 ? 32 : 64, xd, wd, false, "qvm_columns"}, rng);
         }
       }
       check_case({4, 200, 384, 4, 64, xd, wd, true, ""}, rng);   // dispatch's choice
@@ -229,13 +229,23 @@ TEST(CudaMatmul, BatchedAndBroadcastInputs) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(29);
   const Dtype dt = Dtype::float16;
-  const QuantizedWeights q = quantize(random_tensor({3, 136, 256}, dt, rng, 0.5f), 64, 4);
-  const Tensor x = random_tensor({2, 1, 5, 256}, dt, rng);
-  const Tensor cpu = quantized_matmul(x, q.w_q, q.scales, q.biases);
-  const Tensor gpu = quantized_matmul(x.to(kGpu), q.w_q.to(kGpu), q.scales.to(kGpu), q.biases.to(kGpu)).to(Device::cpu());
-  ASSERT_EQ(gpu.shape(), (Shape{2, 3, 5, 136}));
-  for (std::int64_t i = 0; i < cpu.numel(); ++i) {
-    ASSERT_NEAR(element(gpu, i), element(cpu, i), 4e-3 * (1.0 + std::fabs(element(cpu, i)))) << "at " << i;
+  const std::int64_t M = 5, N = 136, K = 256;
+  const QuantizedWeights q = quantize(random_tensor({3, N, K}, dt, rng, 0.5f), 64, 4);
+  const Tensor x = random_tensor({2, 1, M, K}, dt, rng);
+  const Tensor out = poisoned_on({2, 3, M, N}, dt, kGpu);
+  quantized_matmul_into(x.to(kGpu), q.w_q.to(kGpu), q.scales.to(kGpu), q.biases.to(kGpu), out);
+  const Tensor got = out.to(Device::cpu());
+  // Output batch (i, j) is x[i] @ w[j]^T: compare each slice with its exact value.
+  for (std::int64_t i = 0; i < 2; ++i) {
+    for (std::int64_t j = 0; j < 3; ++j) {
+      const MatmulMagnitudes mags =
+          matmul_magnitudes(x, q.w_q, q.scales, q.biases, true, 64, 4, M, K, N, i * M * K, j);
+      for (std::int64_t e = 0; e < M * N; ++e) {
+        const double exact = mags.exact[static_cast<std::size_t>(e)];
+        const double tol = cuda_tolerance(K, dt, dt, exact, mags.magnitude[static_cast<std::size_t>(e)]);
+        ASSERT_NEAR(element(got, (i * 3 + j) * M * N + e), exact, tol) << "batch (" << i << ", " << j << ") at " << e;
+      }
+    }
   }
 }
 
