@@ -14,7 +14,12 @@ bash scripts/install_deps.sh >&2
 
 generator=()
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then generator=(-G Ninja); fi
+# The project's Python (.venv, made by install_deps.sh) is the one that has nanobind, mlx, numpy.
+python_args=()
+if [ -x .venv/bin/python ]; then
+  python_args=(-DPython_EXECUTABLE="$PWD/.venv/bin/python" -DQMM_TEST_PYTHON="$PWD/.venv/bin/python")
+fi
 # shellcheck disable=SC2086  # QMM_CMAKE_ARGS is a list of words on purpose
-cmake -S . -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release ${QMM_CMAKE_ARGS:-} >&2
+cmake -S . -B "$BUILD_DIR" "${generator[@]}" "${python_args[@]}" -DCMAKE_BUILD_TYPE=Release ${QMM_CMAKE_ARGS:-} >&2
 cmake --build "$BUILD_DIR" -j "$JOBS" --target qmm_cli >&2
 exec "./$BUILD_DIR/qmm" bench "$@"
