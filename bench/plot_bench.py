@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PEER_STYLE = {
     "tinygemm": dict(color="tab:orange", marker="s"),
@@ -67,15 +68,16 @@ def draw(report, out_path):
         med = [r["us"]["median"] for r in s["rows"]]
         lo = [r["us"]["min"] for r in s["rows"]]
         hi = [r["us"]["max"] for r in s["rows"]]
-        ax.fill_between(ms, lo, hi, color="tab:blue", alpha=0.15, linewidth=0)
-        ax.plot(ms, med, "-o", color="tab:blue", label="qmm", linewidth=2, markersize=4, zorder=5)
+        ax.fill_between(ms, lo, hi, color="tab:blue", alpha=0.15, linewidth=0, label="qmm min-max")
+        ax.plot(ms, med, "-o", color="tab:blue", label="qmm (median)", linewidth=2, markersize=4, zorder=5)
         probe = s["read_probe"]["us"]["median"]
         if probe > 0:
             ax.axhline(probe, color="black", linestyle="--", linewidth=1,
                        label=f"read probe ({s['read_probe']['gbs']:.0f} GB/s)")
         dense = [(r["m"], r["dense_us"]["median"]) for r in s["rows"] if r.get("dense_us")]
         if dense:
-            ax.plot(*zip(*dense), "-", color="tab:green", linewidth=1.2, label="dense " + ("cuBLAS " if dev["type"] == "cuda" else "float ") + cfg["dtype"])
+            label = f"dense cuBLAS {cfg['dtype']}" if dev["type"] == "cuda" else "dense float32 loop"
+            ax.plot(*zip(*dense), "-", color="tab:green", linewidth=1.2, label=label)
         peer_names = sorted({p for r in s["rows"] for p in r.get("peers", {})})
         for p in peer_names:
             pts = [(r["m"], r["peers"][p]["median"]) for r in s["rows"] if p in r.get("peers", {})]
@@ -92,6 +94,8 @@ def draw(report, out_path):
         ax.set_ylabel("\u00b5s per call (median)")
         if ms and max(ms) / max(1, min(ms)) > 16:
             ax.set_xscale("log", base=2)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")

@@ -310,11 +310,16 @@ void print_table(const Report& report, std::FILE* out) {
   });
 
   for (const auto& s : report.shapes) {
+    const double llc = static_cast<double>(report.device.l2_bytes);
+    std::string cache_note = "last-level cache size unknown";
+    if (llc > 0) {
+      cache_note = fmt("%.1fx the ", s.rotation_bytes / llc) + (report.device_type == "cuda" ? "L2" : "LLC") +
+                   (s.cold ? "" : ": below 4x, may be partly cached");
+    }
     std::fprintf(out, "\n== K=%lld -> N=%lld%s%s: weights %s per call, rotation %d copies = %s (%s)\n",
                  static_cast<long long>(s.shape.k), static_cast<long long>(s.shape.n), s.shape.label.empty() ? "" : "  ",
                  s.shape.label.c_str(), human_bytes(static_cast<double>(s.weight_bytes)).c_str(), s.copies,
-                 human_bytes(static_cast<double>(s.rotation_bytes)).c_str(),
-                 s.cold ? "cold: >= 4x LLC" : "NOT cold: < 4x LLC");
+                 human_bytes(static_cast<double>(s.rotation_bytes)).c_str(), cache_note.c_str());
     std::fprintf(out, "   read probe %.2f us (%.2f-%.2f) = %.0f GB/s\n", s.probe_us.median, s.probe_us.min,
                  s.probe_us.max, s.probe_gbs);
     std::fprintf(out, "%5s %9s %19s %6s %6s %5s %5s %9s %6s", "M", "us", "(min-max)", "GB/s", "%probe", "xM=1",
@@ -325,7 +330,9 @@ void print_table(const Report& report, std::FILE* out) {
       bool step = false;
       for (const auto& st : s.steps) step = step || st.m == r.m;
       const std::string range = fmt("(%.2f", r.us.min) + fmt("-%.2f)", r.us.max);
-      std::fprintf(out, "%5d %9.2f %19s %6.0f %5.0f%% %5.2f %5s %9s %6s", r.m, r.us.median, range.c_str(), r.gbs,
+      const char* gbs_fmt = r.gbs < 10 ? "%.2f" : (r.gbs < 100 ? "%.1f" : "%.0f");
+      std::fprintf(out, "%5d %9.2f %19s %6s %5.0f%% %5.2f %5s %9s %6s", r.m, r.us.median, range.c_str(),
+                   fmt(gbs_fmt, r.gbs).c_str(),
                    r.pct_probe, r.ratio_m1, r.ratio_prev ? fmt("%.2f", *r.ratio_prev).c_str() : "-",
                    r.dense_us ? fmt("%.2f", r.dense_us->median).c_str() : "-",
                    r.ratio_dense ? fmt("%.2f", *r.ratio_dense).c_str() : "-");
