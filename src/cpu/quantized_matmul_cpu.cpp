@@ -1,9 +1,30 @@
-// CPU production quantized_matmul: weight-stationary. Each weight row is unpacked once into
-// small integers and applied to all M rows of x, using
-//     sum_k x[k] * (s*q[k] + b) = s * sum_k x[k]*q[k] + b * sum_k x[k]   (per group),
-// so the inner loop is a plain float dot product the compiler vectorises, and the per-group
-// sums of x are computed once per call.
+// CPU production quantized_matmul: weight-stationary. Every weight is read from memory once per
+// call and decoded once per (row tile of x), then applied to all M rows of x while it sits in
+// registers; x is converted to float32 once per call and accumulation is float32 throughout.
+//
+// Two code paths, chosen at run time:
+//   - AVX-512 (F, BW, VL, DQ, VBMI; e.g. Zen 4, Ice Lake and later): weights are decoded 16 at a
+//     time straight into dequantized float32 lanes. For 2 and 4 bits a vpmultishiftqb puts each
+//     element's bits in the low nibble of its lane and a vpermps looks the lane up in a 16-entry
+//     table of s*q+b built once per group, so decoding costs two instructions per 16 weights and
+//     every further row of x costs one FMA per 16 weights. 3, 5, 6 and 8 bits use a byte permute
+//     and variable shifts (or a widening load) instead.
+//   - portable C++ (any other machine): the same tiling on float32 blocks the compiler vectorises
+//     for the baseline instruction set.
+// The library is compiled for generic x86-64, so the AVX-512 code carries per-function target
+// attributes and is only called after __builtin_cpu_supports said yes. QMM_CPU_ISA=portable
+// forces the portable path (tests use it to cover the fallback on an AVX-512 machine).
+//
+// transpose=true (W is N x K, the Linear layout): a thread owns a range of output columns n and
+// streams those weight rows; a tile of NT rows is decoded in lock step and each decoded vector
+// of 16 k meets up to 8 rows of x (MT) held in registers: MT*NT accumulators of 16 lanes, reduced
+// once per row at the end. transpose=false (W is K x N, grouped along n): a thread owns columns,
+// decodes a block of 32 rows x 128 columns into an L1 buffer, and applies it to the rows of x as
+// broadcast-x axpys into 24 register accumulators.
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "src/cpu/production.h"
@@ -11,45 +32,130 @@
 #include "src/cpu/thread_pool.h"
 #include "src/format/affine.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QMM_CPU_X86 1
+#include <immintrin.h>
+#endif
+
 namespace qmm::detail::cpu_production {
 namespace {
 
-/// x converted to float once (M x K).
-std::vector<float> load_rows(const void* x, Dtype dtype, std::int64_t count) {
-  std::vector<float> out(static_cast<std::size_t>(count));
-  if (dtype == Dtype::float32) {
-    std::copy_n(static_cast<const float*>(x), count, out.begin());
-  } else {
-    for (std::int64_t i = 0; i < count; ++i) out[static_cast<std::size_t>(i)] = cpu::load(x, dtype, i);
-  }
-  return out;
+// ---- common pieces --------------------------------------------------------------------------
+
+/// x (or any float tensor) as float32, converted once.
+void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* dst);
+
+/// The float32 view of one slice of scales or biases: the data itself for float32, else `buf`
+/// filled with the converted values.
+const float* scales_as_float(const void* base, Dtype dtype, std::int64_t first, std::int64_t count,
+                             std::vector<float>& buf) {
+  if (dtype == Dtype::float32) return static_cast<const float*>(base) + first;
+  buf.resize(static_cast<std::size_t>(count));
+  convert_to_float(static_cast<const char*>(base) + first * static_cast<std::int64_t>(itemsize(dtype)), dtype, count,
+                   buf.data());
+  return buf.data();
 }
 
-/// Unpacks `count` elements starting at element `first` of a packed row into floats.
-void unpack_floats(const std::uint32_t* row, std::int64_t first, int count, int bits, float* out) {
-  if (bits == 4 && first % 8 == 0) {
-    const std::uint32_t* w = row + first / 8;
-    for (int i = 0; i < count; i += 8) {
-      const std::uint32_t v = w[i / 8];
-      for (int j = 0; j < 8; ++j) out[i + j] = static_cast<float>((v >> (4 * j)) & 15u);
+/// Stores `count` float results at out[first...] in the output dtype.
+void store_floats(void* out, Dtype dtype, std::int64_t first, const float* v, std::int64_t count) {
+  switch (dtype) {
+    case Dtype::float32:
+      std::memcpy(static_cast<float*>(out) + first, v, static_cast<std::size_t>(count) * sizeof(float));
+      return;
+    case Dtype::float16: {
+      auto* o = static_cast<std::uint16_t*>(out) + first;
+      for (std::int64_t i = 0; i < count; ++i) o[i] = float_to_float16_bits(v[i]);
+      return;
     }
-    return;
-  }
-  if (bits == 8 && first % 4 == 0) {
-    const std::uint32_t* w = row + first / 4;
-    for (int i = 0; i < count; i += 4) {
-      const std::uint32_t v = w[i / 4];
-      for (int j = 0; j < 4; ++j) out[i + j] = static_cast<float>((v >> (8 * j)) & 255u);
+    case Dtype::bfloat16: {
+      auto* o = static_cast<std::uint16_t*>(out) + first;
+      for (std::int64_t i = 0; i < count; ++i) o[i] = float_to_bfloat16_bits(v[i]);
+      return;
     }
-    return;
+    case Dtype::uint32:
+      break;
   }
-  for (int i = 0; i < count; ++i) out[i] = static_cast<float>(format::extract(row, first + i, bits));
+  for (std::int64_t i = 0; i < count; ++i) cpu::store(out, dtype, first + i, v[i]);
 }
 
-float dot(const float* a, const float* b, int n) {
-  // Eight independent partial sums so the loop vectorises without reassociation flags.
+/// Splits `total` rows into `parts` chunks as equal as possible; chunk c is [begin, end).
+struct Chunks {
+  std::int64_t total, parts;
+  std::int64_t begin(std::int64_t c) const { return c * (total / parts) + std::min(c, total % parts); }
+  std::int64_t end(std::int64_t c) const { return begin(c + 1); }
+};
+
+enum class Isa { portable, avx512 };
+
+Isa machine_isa() {
+#if defined(QMM_CPU_X86)
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("fma") &&
+                        __builtin_cpu_supports("f16c");
+    return avx512 ? Isa::avx512 : Isa::portable;
+  }();
+  return isa;
+#else
+  return Isa::portable;
+#endif
+}
+
+/// The machine's best path, unless QMM_CPU_ISA=portable asks for the fallback (read per call so
+/// a test can switch it).
+Isa selected_isa() {
+  const char* env = std::getenv("QMM_CPU_ISA");
+  if (env != nullptr && std::strcmp(env, "portable") == 0) return Isa::portable;
+  return machine_isa();
+}
+
+// ---- portable path --------------------------------------------------------------------------
+
+/// The 32 elements packed in `bits` consecutive words, as floats. The loop has a constant trip
+/// count, so after unrolling every shift is a constant.
+template <int Bits>
+inline void unpack32(const std::uint32_t* w, float* out) {
+#pragma GCC unroll 32
+  for (int i = 0; i < 32; ++i) {
+    const int bit = i * Bits, word = bit >> 5, offset = bit & 31;
+    std::uint32_t v = w[word] >> offset;
+    if (offset + Bits > 32) v |= w[word + 1] << (32 - offset);
+    out[i] = static_cast<float>(v & ((1u << Bits) - 1u));
+  }
+}
+
+/// Dequantizes elements [first, first + count) of a packed row (both multiples of 32) into
+/// float32: out[i] = s * q + b with the group's stored scale and bias (as floats).
+template <int Bits>
+void dequantize_span(const std::uint32_t* row, std::int64_t first, std::int64_t count, int group_size,
+                     const float* scales, const float* biases, float* out) {
+  for (std::int64_t i = 0; i < count; i += 32) {
+    const std::int64_t e = first + i;
+    unpack32<Bits>(row + e / 32 * Bits, out + i);
+    const float s = scales[e / group_size], b = biases[e / group_size];
+    for (int j = 0; j < 32; ++j) out[i + j] = s * out[i + j] + b;
+  }
+}
+
+using DequantizeSpan = void (*)(const std::uint32_t*, std::int64_t, std::int64_t, int, const float*, const float*,
+                                float*);
+DequantizeSpan dequantize_span_for(int bits) {
+  switch (bits) {
+    case 2: return &dequantize_span<2>;
+    case 3: return &dequantize_span<3>;
+    case 4: return &dequantize_span<4>;
+    case 5: return &dequantize_span<5>;
+    case 6: return &dequantize_span<6>;
+    default: return &dequantize_span<8>;
+  }
+}
+
+/// sum_i a[i] * b[i] with 8 independent partial sums (vectorisable without reassociation).
+inline float dot(const float* a, const float* b, std::int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int i = 0;
+  std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
   }
@@ -58,84 +164,473 @@ float dot(const float* a, const float* b, int n) {
   return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-void matmul_transposed(const MatmulProblem& p) {
+/// transpose=true: a thread dequantizes 4 weight rows x 512 k at a time into an L1 buffer and
+/// takes the dot products with every row of x.
+void portable_transposed(const MatmulProblem& p, const float* x) {
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
-  const int g = w.group_size;
-  const std::int64_t groups = K / g;
-  const std::int64_t words = format::packed_words(K, w.bits);
-  const std::vector<float> x = load_rows(p.x, p.x_dtype, M * K);
-  std::vector<float> xsum(static_cast<std::size_t>(M * groups));
-  for (std::int64_t m = 0; m < M; ++m) {
-    for (std::int64_t gi = 0; gi < groups; ++gi) {
-      float s = 0;
-      for (int i = 0; i < g; ++i) s += x[static_cast<std::size_t>(m * K + gi * g + i)];
-      xsum[static_cast<std::size_t>(m * groups + gi)] = s;
-    }
-  }
-  cpu::parallel_for(N, 8, [&](std::int64_t n0, std::int64_t n1) {
-    std::vector<float> q(static_cast<std::size_t>(g));
-    std::vector<float> acc(static_cast<std::size_t>(M));
-    for (std::int64_t n = n0; n < n1; ++n) {
+  const std::int64_t words = format::packed_words(K, w.bits), groups = K / w.group_size;
+  constexpr std::int64_t kRows = 4, kSpan = 512;  // kSpan is a multiple of every group size
+  const DequantizeSpan deq = dequantize_span_for(w.bits);
+  const std::int64_t tiles = (N + kRows - 1) / kRows;
+  cpu::parallel_for(tiles, 4, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> wbuf(static_cast<std::size_t>(kRows * kSpan)), acc(static_cast<std::size_t>(M * kRows));
+    std::vector<float> sbuf, bbuf, res(static_cast<std::size_t>(M));
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t n0 = t * kRows, rows = std::min(kRows, N - n0);
       std::fill(acc.begin(), acc.end(), 0.0f);
-      const std::uint32_t* row = w.w_q + n * words;
-      for (std::int64_t gi = 0; gi < groups; ++gi) {
-        unpack_floats(row, gi * g, g, w.bits, q.data());
-        const float s = cpu::load(w.scales, w.dtype, n * groups + gi);
-        const float b = cpu::load(w.biases, w.dtype, n * groups + gi);
+      const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
+      const float* b = scales_as_float(w.biases, w.dtype, n0 * groups, rows * groups, bbuf);
+      for (std::int64_t k0 = 0; k0 < K; k0 += kSpan) {
+        const std::int64_t span = std::min(kSpan, K - k0);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          deq(w.w_q + (n0 + r) * words, k0, span, w.group_size, s + r * groups, b + r * groups, &wbuf[r * kSpan]);
+        }
         for (std::int64_t m = 0; m < M; ++m) {
-          const float d = dot(&x[static_cast<std::size_t>(m * K + gi * g)], q.data(), g);
-          acc[static_cast<std::size_t>(m)] += s * d + b * xsum[static_cast<std::size_t>(m * groups + gi)];
+          for (std::int64_t r = 0; r < rows; ++r) acc[m * kRows + r] += dot(&wbuf[r * kSpan], x + m * K + k0, span);
         }
       }
-      for (std::int64_t m = 0; m < M; ++m) cpu::store(p.out, p.out_dtype, m * N + n, acc[static_cast<std::size_t>(m)]);
+      for (std::int64_t m = 0; m < M; ++m) store_floats(p.out, p.out_dtype, m * N + n0, &acc[m * kRows], rows);
     }
   });
 }
 
-void matmul_plain(const MatmulProblem& p) {
-  // W is (K, N) grouped along N: walk k, dequantize a block of columns, add x[m,k] * w[k, n].
+/// transpose=false: a thread owns whole groups of columns; it dequantizes a block of 32 rows of
+/// W into an L1 buffer and adds x[m, k] * W[k, :] to every row's accumulators.
+void portable_plain(const MatmulProblem& p, const float* x) {
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
-  const int g = w.group_size;
-  const std::int64_t groups = N / g;
-  const std::int64_t words = format::packed_words(N, w.bits);
-  const std::vector<float> x = load_rows(p.x, p.x_dtype, M * K);
-  // Each task owns whole groups of columns so it can dequantize a group at a time.
-  cpu::parallel_for(groups, 1, [&](std::int64_t g0, std::int64_t g1) {
-    const std::int64_t c0 = g0 * g, width = (g1 - g0) * g;
-    std::vector<float> acc(static_cast<std::size_t>(M * width), 0.0f);
-    std::vector<float> wrow(static_cast<std::size_t>(width));
-    for (std::int64_t k = 0; k < K; ++k) {
-      const std::uint32_t* row = w.w_q + k * words;
-      unpack_floats(row, c0, static_cast<int>(width), w.bits, wrow.data());
-      for (std::int64_t gi = g0; gi < g1; ++gi) {
-        const float s = cpu::load(w.scales, w.dtype, k * groups + gi);
-        const float b = cpu::load(w.biases, w.dtype, k * groups + gi);
-        float* seg = &wrow[static_cast<std::size_t>((gi - g0) * g)];
-        for (int i = 0; i < g; ++i) seg[i] = s * seg[i] + b;
+  const std::int64_t words = format::packed_words(N, w.bits), groups = N / w.group_size;
+  constexpr std::int64_t kWidth = 128, kBlock = 32;  // kWidth is a multiple of every group size
+  const DequantizeSpan deq = dequantize_span_for(w.bits);
+  const std::int64_t tiles = (N + kWidth - 1) / kWidth;
+  cpu::parallel_for(tiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> wbuf(static_cast<std::size_t>(kBlock * kWidth)), acc(static_cast<std::size_t>(M * kWidth));
+    std::vector<float> sbuf, bbuf;
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t c0 = t * kWidth, width = std::min(kWidth, N - c0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (std::int64_t k0 = 0; k0 < K; k0 += kBlock) {
+        const std::int64_t rows = std::min(kBlock, K - k0);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const std::int64_t k = k0 + r;
+          const float* s = scales_as_float(w.scales, w.dtype, k * groups, groups, sbuf);
+          const float* b = scales_as_float(w.biases, w.dtype, k * groups, groups, bbuf);
+          deq(w.w_q + k * words, c0, width, w.group_size, s, b, &wbuf[r * kWidth]);
+        }
+        for (std::int64_t m = 0; m < M; ++m) {
+          float* a = &acc[m * kWidth];
+          for (std::int64_t r = 0; r < rows; ++r) {
+            const float xv = x[m * K + k0 + r];
+            const float* wr = &wbuf[r * kWidth];
+            for (std::int64_t i = 0; i < width; ++i) a[i] += xv * wr[i];
+          }
+        }
       }
-      for (std::int64_t m = 0; m < M; ++m) {
-        const float xv = x[static_cast<std::size_t>(m * K + k)];
-        float* a = &acc[static_cast<std::size_t>(m * width)];
-        for (std::int64_t i = 0; i < width; ++i) a[i] += xv * wrow[static_cast<std::size_t>(i)];
+      for (std::int64_t m = 0; m < M; ++m) store_floats(p.out, p.out_dtype, m * N + c0, &acc[m * kWidth], width);
+    }
+  });
+}
+
+// ---- AVX-512 path ---------------------------------------------------------------------------
+#if defined(QMM_CPU_X86)
+#define QMM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,fma,f16c")))
+// GCC 12's AVX-512 headers start unmasked intrinsics from _mm512_undefined_*(), which
+// -Wuninitialized reports at every inlined use (a false positive inside the system headers).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+QMM_AVX512 void convert_to_float_avx512(const void* src, Dtype dtype, std::int64_t count, float* dst) {
+  const auto* h = static_cast<const std::uint16_t*>(src);
+  std::int64_t i = 0;
+  if (dtype == Dtype::float16) {
+    for (; i + 16 <= count; i += 16) {
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+    }
+  } else if (dtype == Dtype::bfloat16) {
+    for (; i + 16 <= count; i += 16) {
+      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i)));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+  }
+  for (; i < count; ++i) dst[i] = cpu::load(src, dtype, i);
+}
+
+QMM_AVX512 inline float hsum(__m512 v) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_add_ss(b, _mm_movehdup_ps(b));
+  return _mm_cvtss_f32(b);
+}
+
+/// Decodes 16 consecutive elements of a packed row (starting at an element index that is a
+/// multiple of 16) into dequantized float32 lanes, s * q + b. `Params` is the per-group state
+/// (a lookup table, or s and b), refreshed by `set_group` at each group boundary.
+/// 2 and 4 bits: vpmultishiftqb moves element i's bits to the low byte of lane i, and vpermps
+/// reads lane i's low 4 bits as an index into the group's table of s * q + b.
+template <int Bits>
+struct TableDecoder {
+  static_assert(Bits == 2 || Bits == 4, "table decoding needs 16 elements in one qword");
+  __m512i control;  // byte 4i of the qword pair holding lane i: bit offset Bits * i
+  __m512 levels;    // q for table entry v: v mod 2^Bits (the index's upper bits are other elements)
+  QMM_AVX512 TableDecoder() {
+    alignas(64) std::uint8_t c[64] = {};
+    alignas(64) float l[16];
+    for (int i = 0; i < 16; ++i) {
+      c[4 * i] = static_cast<std::uint8_t>(Bits * i);
+      l[i] = static_cast<float>(i & ((1 << Bits) - 1));
+    }
+    control = _mm512_load_si512(c);
+    levels = _mm512_load_ps(l);
+  }
+  struct Params {
+    __m512 table;
+  };
+  QMM_AVX512 Params params(float s, float b) const {
+    return {_mm512_fmadd_ps(levels, _mm512_set1_ps(s), _mm512_set1_ps(b))};
+  }
+  QMM_AVX512 __m512 decode(const std::uint32_t* row, std::int64_t element, const Params& g) const {
+    __m512i bits;
+    if constexpr (Bits == 4) {
+      long long v;
+      std::memcpy(&v, row + element / 8, 8);
+      bits = _mm512_set1_epi64(v);
+    } else {
+      bits = _mm512_set1_epi32(static_cast<int>(row[element / 16]));
+    }
+    return _mm512_permutexvar_ps(_mm512_multishift_epi64_epi8(control, bits), g.table);
+  }
+};
+
+/// 3, 5 and 6 bits: 16 elements fill 2*Bits bytes. A masked byte permute gives lane i the two
+/// bytes holding element i, a variable shift aligns it; 3 bits then use the table, 5 and 6 bits
+/// convert and apply s and b with one FMA.
+template <int Bits>
+struct ByteDecoder {
+  __m512i index;   // bytes 4i, 4i+1: the bytes holding element i
+  __m512i shift;   // lane i: bit offset of element i within its first byte
+  __m512i mask;    // 2^Bits - 1
+  __m512 levels;   // 3 bits: table levels (index's bit 3 is another element's)
+  QMM_AVX512 ByteDecoder() {
+    alignas(64) std::uint8_t idx[64] = {};
+    alignas(64) std::int32_t sh[16];
+    alignas(64) float l[16];
+    for (int i = 0; i < 16; ++i) {
+      idx[4 * i] = static_cast<std::uint8_t>(Bits * i / 8);
+      idx[4 * i + 1] = static_cast<std::uint8_t>(Bits * i / 8 + 1);
+      sh[i] = Bits * i % 8;
+      l[i] = static_cast<float>(i & ((1 << Bits) - 1));
+    }
+    index = _mm512_load_si512(idx);
+    shift = _mm512_load_si512(sh);
+    mask = _mm512_set1_epi32((1 << Bits) - 1);
+    levels = _mm512_load_ps(l);
+  }
+  struct Params {
+    __m512 a, b;  // 3 bits: a is the table; else a = s, b = b
+  };
+  QMM_AVX512 Params params(float s, float b) const {
+    if constexpr (Bits == 3) return {_mm512_fmadd_ps(levels, _mm512_set1_ps(s), _mm512_set1_ps(b)), _mm512_setzero_ps()};
+    return {_mm512_set1_ps(s), _mm512_set1_ps(b)};
+  }
+  QMM_AVX512 __m512 decode(const std::uint32_t* row, std::int64_t element, const Params& g) const {
+    // Exactly the 2*Bits bytes of these 16 elements (a masked load never touches the rest).
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(row) + element / 8 * Bits;
+    const __m128i raw = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (2 * Bits)) - 1u), bytes);
+    const __m512i pairs = _mm512_maskz_permutexvar_epi8(0x3333333333333333ull, index, _mm512_zextsi128_si512(raw));
+    const __m512i q = _mm512_srlv_epi32(pairs, shift);
+    if constexpr (Bits == 3) return _mm512_permutexvar_ps(q, g.a);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(q, mask)), g.a, g.b);
+  }
+};
+
+/// 8 bits: widen 16 bytes to 16 lanes, convert, one FMA.
+struct WideDecoder {
+  struct Params {
+    __m512 s, b;
+  };
+  QMM_AVX512 Params params(float s, float b) const { return {_mm512_set1_ps(s), _mm512_set1_ps(b)}; }
+  QMM_AVX512 __m512 decode(const std::uint32_t* row, std::int64_t element, const Params& g) const {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + element / 4));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(raw)), g.s, g.b);
+  }
+};
+
+template <int Bits>
+struct DecoderFor {
+  using type = ByteDecoder<Bits>;
+};
+template <>
+struct DecoderFor<2> {
+  using type = TableDecoder<2>;
+};
+template <>
+struct DecoderFor<4> {
+  using type = TableDecoder<4>;
+};
+template <>
+struct DecoderFor<8> {
+  using type = WideDecoder;
+};
+template <int Bits>
+using Decoder = typename DecoderFor<Bits>::type;
+
+/// transpose=true micro-kernel: NT weight rows x MT rows of x over all of K.
+///   w_rows[r]: packed row r of the tile; s, b: its float32 scales and biases (row stride
+///   `groups`); x: MT rows of stride K; result[m * NT + r] = sum_k x[m, k] * w[r, k].
+template <int Bits, int MT, int NT>
+QMM_AVX512 void transposed_tile(const Decoder<Bits>& dec, const std::uint32_t* const* w_rows, const float* s,
+                                const float* b, std::int64_t groups, int group_size, const float* x,
+                                std::int64_t K, float* result) {
+  __m512 acc[NT][MT];
+#pragma GCC unroll 8
+  for (int r = 0; r < NT; ++r) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_setzero_ps();
+  }
+  for (std::int64_t gi = 0; gi < groups; ++gi) {
+    typename Decoder<Bits>::Params params[NT];
+#pragma GCC unroll 8
+    for (int r = 0; r < NT; ++r) params[r] = dec.params(s[r * groups + gi], b[r * groups + gi]);
+    const std::int64_t k_end = (gi + 1) * group_size;
+    for (std::int64_t k = gi * group_size; k < k_end; k += 16) {
+      __m512 wv[NT];
+#pragma GCC unroll 8
+      for (int r = 0; r < NT; ++r) wv[r] = dec.decode(w_rows[r], k, params[r]);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) {
+        const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < NT; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
       }
     }
-    for (std::int64_t m = 0; m < M; ++m) {
-      for (std::int64_t i = 0; i < width; ++i) {
-        cpu::store(p.out, p.out_dtype, m * N + c0 + i, acc[static_cast<std::size_t>(m * width + i)]);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) {
+#pragma GCC unroll 8
+    for (int r = 0; r < NT; ++r) result[m * NT + r] = hsum(acc[r][m]);
+  }
+}
+
+template <int Bits, int NT>
+using TransposedTileFn = void (*)(const Decoder<Bits>&, const std::uint32_t* const*, const float*, const float*,
+                                  std::int64_t, int, const float*, std::int64_t, float*);
+
+/// The micro-kernel for `mt` rows of x (1..kMaxRows).
+template <int Bits, int NT, int kMaxRows>
+TransposedTileFn<Bits, NT> transposed_tile_for(int mt) {
+  static_assert(kMaxRows >= 1 && kMaxRows <= 8, "");
+  switch (mt) {
+    case 1: return &transposed_tile<Bits, 1, NT>;
+    case 2: if constexpr (kMaxRows >= 2) return &transposed_tile<Bits, 2, NT>; break;
+    case 3: if constexpr (kMaxRows >= 3) return &transposed_tile<Bits, 3, NT>; break;
+    case 4: if constexpr (kMaxRows >= 4) return &transposed_tile<Bits, 4, NT>; break;
+    case 5: if constexpr (kMaxRows >= 5) return &transposed_tile<Bits, 5, NT>; break;
+    case 6: if constexpr (kMaxRows >= 6) return &transposed_tile<Bits, 6, NT>; break;
+    case 7: if constexpr (kMaxRows >= 7) return &transposed_tile<Bits, 7, NT>; break;
+    case 8: if constexpr (kMaxRows >= 8) return &transposed_tile<Bits, 8, NT>; break;
+  }
+  return nullptr;
+}
+
+/// transpose=true for one bit width. M is cut into chunks of at most kMaxRows rows of x; each
+/// tile of NT weight rows runs every chunk back to back, so after the first chunk its weights
+/// come from L1/L2 and DRAM sees them once.
+template <int Bits, int NT, int kMaxRows>
+QMM_AVX512 void avx512_transposed_rows(const MatmulProblem& p, const float* x) {
+  const auto& w = p.w;
+  const std::int64_t M = p.M, N = p.N, K = p.K;
+  const std::int64_t words = format::packed_words(K, Bits), groups = K / w.group_size;
+  const Chunks chunks{M, (M + kMaxRows - 1) / kMaxRows};
+  const std::int64_t tiles = (N + NT - 1) / NT;
+  const Decoder<Bits> dec;
+  cpu::parallel_for(tiles, 8, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> sbuf, bbuf, out(static_cast<std::size_t>(kMaxRows * NT));
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
+      // A partial last tile repeats its last row; those results are dropped.
+      const std::uint32_t* w_rows[NT];
+      for (int r = 0; r < NT; ++r) w_rows[r] = w.w_q + (n0 + std::min<std::int64_t>(r, rows - 1)) * words;
+      const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
+      const float* b = scales_as_float(w.biases, w.dtype, n0 * groups, rows * groups, bbuf);
+      std::vector<float> sp, bp;
+      if (rows < NT) {  // pad the scales the same way
+        sp.assign(s, s + rows * groups);
+        bp.assign(b, b + rows * groups);
+        for (std::int64_t r = rows; r < NT; ++r) {
+          sp.insert(sp.end(), s + (rows - 1) * groups, s + rows * groups);
+          bp.insert(bp.end(), b + (rows - 1) * groups, b + rows * groups);
+        }
+        s = sp.data();
+        b = bp.data();
+      }
+      for (std::int64_t c = 0; c < chunks.parts; ++c) {
+        const std::int64_t m0 = chunks.begin(c), mt = chunks.end(c) - m0;
+        transposed_tile_for<Bits, NT, kMaxRows>(static_cast<int>(mt))(dec, w_rows, s, b, groups, w.group_size,
+                                                                       x + m0 * K, K, out.data());
+        for (std::int64_t m = 0; m < mt; ++m) {
+          store_floats(p.out, p.out_dtype, (m0 + m) * N + n0, &out[static_cast<std::size_t>(m * NT)], rows);
+        }
       }
     }
   });
+}
+
+/// Picks the tile shape for M: few rows of x leave registers for more weight rows in flight
+/// (NT * MT accumulators plus NT decoded vectors must fit the 32 zmm registers).
+template <int Bits>
+void avx512_transposed(const MatmulProblem& p, const float* x) {
+  if constexpr (Bits == 4) {
+    if (p.M <= 4) return avx512_transposed_rows<Bits, 4, 4>(p, x);
+    if (p.M <= 6) return avx512_transposed_rows<Bits, 3, 6>(p, x);
+    return avx512_transposed_rows<Bits, 2, 8>(p, x);
+  } else {
+    return avx512_transposed_rows<Bits, 2, 4>(p, x);
+  }
+}
+
+/// transpose=false micro-kernel: adds x[m, k] * W[k, 0:128] for a block of `rows` k to the
+/// accumulators acc[m][0:128] of MT rows of x (acc in memory between blocks, in registers
+/// within one).
+template <int MT>
+QMM_AVX512 void plain_block(const float* wbuf, std::int64_t rows, const float* x, std::int64_t K, float* acc) {
+  constexpr int kVectors = 8;
+  __m512 a[MT][kVectors];
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) {
+#pragma GCC unroll 8
+    for (int j = 0; j < kVectors; ++j) a[m][j] = _mm512_loadu_ps(acc + m * 16 * kVectors + 16 * j);
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    __m512 xb[MT];
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) xb[m] = _mm512_set1_ps(x[m * K + r]);
+#pragma GCC unroll 8
+    for (int j = 0; j < kVectors; ++j) {
+      const __m512 wv = _mm512_loadu_ps(wbuf + r * 16 * kVectors + 16 * j);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) a[m][j] = _mm512_fmadd_ps(wv, xb[m], a[m][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) {
+#pragma GCC unroll 8
+    for (int j = 0; j < kVectors; ++j) _mm512_storeu_ps(acc + m * 16 * kVectors + 16 * j, a[m][j]);
+  }
+}
+
+/// transpose=false for output-column tiles [t0, t1) of 128 columns.
+template <int Bits>
+QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::int64_t t0, std::int64_t t1) {
+  const auto& w = p.w;
+  const std::int64_t M = p.M, N = p.N, K = p.K;
+  const std::int64_t words = format::packed_words(N, Bits), groups = N / w.group_size;
+  constexpr std::int64_t kWidth = 128, kBlock = 32, kMaxRows = 3;
+  const Decoder<Bits> dec;
+  std::vector<float> wbuf(static_cast<std::size_t>(kBlock * kWidth)), acc(static_cast<std::size_t>(M * kWidth));
+  std::vector<float> sbuf, bbuf;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    const std::int64_t c0 = t * kWidth, width = std::min(kWidth, N - c0);
+    const std::int64_t tile_groups = (width + w.group_size - 1) / w.group_size;
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    std::fill(wbuf.begin(), wbuf.end(), 0.0f);  // columns past N stay zero
+    for (std::int64_t k0 = 0; k0 < K; k0 += kBlock) {
+      const std::int64_t rows = std::min(kBlock, K - k0);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const std::int64_t k = k0 + r;
+        const std::uint32_t* row = w.w_q + k * words;
+        const float* s = scales_as_float(w.scales, w.dtype, k * groups + c0 / w.group_size, tile_groups, sbuf);
+        const float* b = scales_as_float(w.biases, w.dtype, k * groups + c0 / w.group_size, tile_groups, bbuf);
+        typename Decoder<Bits>::Params g{};
+        for (std::int64_t j = 0; j < width; j += 16) {
+          if (j % w.group_size == 0) g = dec.params(s[j / w.group_size], b[j / w.group_size]);
+          _mm512_storeu_ps(&wbuf[static_cast<std::size_t>(r * kWidth + j)], dec.decode(row, c0 + j, g));
+        }
+      }
+      for (std::int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+        const std::int64_t mt = std::min(kMaxRows, M - m0);
+        const float* xm = x + m0 * K + k0;
+        float* am = &acc[static_cast<std::size_t>(m0 * kWidth)];
+        if (mt == 3) {
+          plain_block<3>(wbuf.data(), rows, xm, K, am);
+        } else if (mt == 2) {
+          plain_block<2>(wbuf.data(), rows, xm, K, am);
+        } else {
+          plain_block<1>(wbuf.data(), rows, xm, K, am);
+        }
+      }
+    }
+    for (std::int64_t m = 0; m < M; ++m) {
+      store_floats(p.out, p.out_dtype, m * N + c0, &acc[static_cast<std::size_t>(m * kWidth)], width);
+    }
+  }
+}
+
+template <int Bits>
+void avx512_plain(const MatmulProblem& p, const float* x) {
+  const std::int64_t tiles = (p.N + 127) / 128;
+  cpu::parallel_for(tiles, 1, [&](std::int64_t t0, std::int64_t t1) { avx512_plain_tiles<Bits>(p, x, t0, t1); });
+}
+
+template <int Bits>
+void avx512_matmul(const MatmulProblem& p, const float* x) {
+  if (p.transpose) {
+    avx512_transposed<Bits>(p, x);
+  } else {
+    avx512_plain<Bits>(p, x);
+  }
+}
+
+void avx512_dispatch(const MatmulProblem& p, const float* x) {
+  switch (p.w.bits) {
+    case 2: return avx512_matmul<2>(p, x);
+    case 3: return avx512_matmul<3>(p, x);
+    case 4: return avx512_matmul<4>(p, x);
+    case 5: return avx512_matmul<5>(p, x);
+    case 6: return avx512_matmul<6>(p, x);
+    default: return avx512_matmul<8>(p, x);
+  }
+}
+#pragma GCC diagnostic pop
+#endif  // QMM_CPU_X86
+
+void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* dst) {
+  if (dtype == Dtype::float32) {
+    std::memcpy(dst, src, static_cast<std::size_t>(count) * sizeof(float));
+    return;
+  }
+#if defined(QMM_CPU_X86)
+  if (machine_isa() == Isa::avx512) return convert_to_float_avx512(src, dtype, count, dst);
+#endif
+  for (std::int64_t i = 0; i < count; ++i) dst[i] = cpu::load(src, dtype, i);
 }
 
 }  // namespace
 
 void quantized_matmul(const MatmulProblem& p) {
+  if (p.M == 0 || p.N == 0) return;
+  // x as float32: the caller's memory for float32, else converted once.
+  std::vector<float> x_buf;
+  const float* x = static_cast<const float*>(p.x);
+  if (p.x_dtype != Dtype::float32) {
+    x_buf.resize(static_cast<std::size_t>(p.M * p.K));
+    convert_to_float(p.x, p.x_dtype, p.M * p.K, x_buf.data());
+    x = x_buf.data();
+  }
+  if (p.K == 0) {
+    const std::vector<float> zeros(static_cast<std::size_t>(p.N), 0.0f);
+    for (std::int64_t m = 0; m < p.M; ++m) store_floats(p.out, p.out_dtype, m * p.N, zeros.data(), p.N);
+    return;
+  }
+#if defined(QMM_CPU_X86)
+  if (selected_isa() == Isa::avx512) return avx512_dispatch(p, x);
+#endif
   if (p.transpose) {
-    matmul_transposed(p);
+    portable_transposed(p, x);
   } else {
-    matmul_plain(p);
+    portable_plain(p, x);
   }
 }
 
