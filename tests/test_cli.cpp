@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -418,6 +419,49 @@ TEST(QmmCli, InfoJson) {
   EXPECT_EQ(j.at("build").at("version"), QMM_VERSION_STRING);
   EXPECT_EQ(j.at("devices").at(0).at("type"), "cpu");
   EXPECT_FALSE(j.at("devices").at(0).at("kernels").empty());
+}
+
+// ---- on a GPU (ctest label cuda; skipped without one) -----------------------------------------
+
+TEST(QmmCliCuda, TinyCudaRunCapturesAndTimes) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const std::string json_path = ::testing::TempDir() + "/qmm_bench_cuda_" + std::to_string(getpid()) + ".json";
+  const CliRun r = run_qmm("bench --backend cuda --shape 256:128 --shape 5120:1024 --m 1-3 --budget-ms 20 --json " +
+                           json_path);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(slurp(json_path));
+  EXPECT_EQ(j.at("device").at("type"), "cuda");
+  EXPECT_EQ(j.at("config").at("method"), "cuda-graph");
+  EXPECT_TRUE(j.at("build").at("cuda").get<bool>());
+  const auto names = kernel_names(Device::cuda(0), "quantized_matmul");
+  for (const auto& s : j.at("shapes")) {
+    EXPECT_GT(s.at("read_probe").at("us").at("median").get<double>(), 0);
+    EXPECT_GE(s.at("rotation").at("calls_per_sample").get<int>(), 20);
+    for (const auto& row : s.at("rows")) {
+      EXPECT_GT(row.at("us").at("median").get<double>(), 0);
+      EXPECT_GE(row.at("us").at("samples").get<int>(), 10);
+      EXPECT_GT(row.at("dense_us").at("median").get<double>(), 0);
+      const std::string kernel = row.at("launch").at("kernel");
+      EXPECT_NE(std::find(names.begin(), names.end(), kernel), names.end()) << kernel;
+      EXPECT_GT(row.at("launch").at("waves").get<double>(), 0);
+    }
+  }
+  // 5120:1024 rotates over >= 4x L2.
+  EXPECT_TRUE(j.at("shapes").at(1).at("rotation").at("cold").get<bool>());
+  std::remove(json_path.c_str());
+}
+
+TEST(QmmCliCuda, InfoMeasuresTheGpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const CliRun r = run_qmm("info --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_GE(j.at("devices").size(), 2u);
+  const json& gpu = j.at("devices").at(1);
+  EXPECT_EQ(gpu.at("type"), "cuda");
+  EXPECT_GT(gpu.at("multiprocessors").get<int>(), 0);
+  EXPECT_GT(gpu.at("l2_bytes").get<std::int64_t>(), 0);
+  EXPECT_GT(gpu.at("read_gbs").get<double>(), 100.0);
 }
 
 }  // namespace
