@@ -221,15 +221,17 @@ class QuantizedLinear(torch.nn.Module):
     # ---- compute -----------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            x = x.detach()
         x = x.contiguous()
         stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+        to_dlpack = _fw._torch_to_dlpack()
+        weight = self.weight
+        if weight.dtype != torch.int32:  # a uint32 weight assigned by hand
+            weight = weight.view(torch.int32)
         y = _qmm.quantized_matmul(
-            x,
-            self.weight,
-            self.scales,
-            self.biases,
+            to_dlpack(x),
+            to_dlpack(weight),
+            to_dlpack(self.scales),
+            to_dlpack(self.biases),
             True,
             self.group_size,
             self.bits,

@@ -127,15 +127,24 @@ struct Output {
   qmm::TensorView view;
 };
 
-/// Asks the framework of the inputs for an uninitialised output and wraps it.
+/// Asks the framework of the inputs for an uninitialised output and wraps it. The allocator
+/// returns the array, or a pair (array, DLPack capsule of it) when the framework exports a
+/// capsule faster than the extension can import the array (PyTorch).
 Output allocate(const char* op, const char* name, const nb::callable& alloc, const qmm::Shape& shape,
                 qmm::Dtype dtype) {
   nb::list dims;
   for (auto d : shape) dims.append(d);
   Output out;
-  out.object = alloc(nb::tuple(dims), qmm::dtype_name(dtype));
-  if (!nb::try_cast<OutArray>(out.object, out.array, /*convert=*/false)) {
-    fail(op, std::string("the allocator returned a ") + nb::type_name(out.object.type()).c_str() +
+  nb::object made = alloc(nb::tuple(dims), qmm::dtype_name(dtype));
+  nb::object exported = made;
+  if (nb::isinstance<nb::tuple>(made) && nb::len(made) == 2) {
+    out.object = made[0];
+    exported = made[1];
+  } else {
+    out.object = made;
+  }
+  if (!nb::try_cast<OutArray>(exported, out.array, /*convert=*/false)) {
+    fail(op, std::string("the allocator returned a ") + nb::type_name(exported.type()).c_str() +
                  " for output " + name + ", which is not a writable DLPack array");
   }
   // An output may come back as int32 (uint32 requested) or uint16 (bfloat16 requested from NumPy).
