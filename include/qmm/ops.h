@@ -25,7 +25,9 @@ struct CallOptions {
   Stream stream{};
   /// Force a kernel configuration by name instead of letting dispatch choose ("" = choose).
   /// `qmm::kernel_names(device, op)` lists the valid names; "reference" forces the fp64
-  /// reference on the CPU. An unknown or inapplicable name throws qmm::Error.
+  /// reference on the CPU. CUDA's qmv_mma_m* names take an optional "_b<blocks>" suffix that
+  /// fixes the stream-K block count (e.g. "qmv_mma_m8_b264"). An unknown or inapplicable name
+  /// throws qmm::Error.
   std::string kernel;
 };
 

@@ -28,7 +28,7 @@ std::string KernelConfig::name() const {
 
 std::vector<std::string> kernel_names() {
   std::vector<std::string> names;
-  for (int t : kTokenTileChoices) names.push_back(mma_name(t));
+  for (int t : kTokenTileChoices) names.push_back(mma_name(t));  // "_b<blocks>" may follow
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -72,14 +72,25 @@ KernelConfig forced(const std::string& name, const ProblemShape& p, const Device
     if (!p.transpose) throw Error("[quantized_matmul] kernel qmv_warp_rows needs transpose=true");
     return KernelConfig{Family::qmv_warp_rows, 1, 0};
   }
+  // qmv_mma_m<rows>[_b<blocks>]: the token tile and, optionally, the stream-K block count.
   for (int t : kTokenTileChoices) {
-    if (name == mma_name(t)) {
-      if (!mma_supported(p)) {
-        throw Error("[quantized_matmul] kernel " + name +
-                    " needs transpose=true and float16 or bfloat16 x with scales of the same dtype");
+    const std::string base = mma_name(t);
+    if (name.compare(0, base.size(), base) != 0) continue;
+    int blocks = mma_blocks(p, d, t);
+    const std::string rest = name.substr(base.size());
+    if (!rest.empty()) {
+      if (rest.size() < 3 || rest.compare(0, 2, "_b") != 0 ||
+          rest.find_first_not_of("0123456789", 2) != std::string::npos || rest.size() > 8) {
+        continue;
       }
-      return KernelConfig{Family::qmv_mma, t, mma_blocks(p, d, t)};
+      blocks = std::stoi(rest.substr(2));
+      if (blocks < 1) throw Error("[quantized_matmul] kernel " + name + ": the block count must be positive");
     }
+    if (!mma_supported(p)) {
+      throw Error("[quantized_matmul] kernel " + name +
+                  " needs transpose=true and float16 or bfloat16 x with scales of the same dtype");
+    }
+    return KernelConfig{Family::qmv_mma, t, blocks};
   }
   throw Error("[quantized_matmul] unknown CUDA kernel '" + name + "'");
 }

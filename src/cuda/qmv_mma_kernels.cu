@@ -262,7 +262,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_blocks_per_sm(
             for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
         // Loads of kBatch partials are issued together (one L2 round trip per batch); the sum
         // still runs in block order, so the result does not depend on the batching.
-        constexpr int kBatch = TokenTiles <= 1 ? 8 : 8 / TokenTiles;
+        constexpr int kBatch = TokenTiles <= 1 ? 4 : 4 / TokenTiles > 0 ? 4 / TokenTiles : 1;
         for (int b0 = first; b0 <= last; b0 += kBatch) {
           float v[kBatch][2][TokenTiles][4];
 #pragma unroll
@@ -323,7 +323,7 @@ template <typename T, int Bits, int TokenTiles>
 void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
   MmaParams q = make_params(p, config);
   const std::size_t fragment_bytes = static_cast<std::size_t>(kMmaThreads) * 2 * TokenTiles * 4 * sizeof(float);
-  char* ws = static_cast<char*>(stream_workspace(stream, qmv_mma_workspace_bytes(p, config)));
+  char* ws = static_cast<char*>(stream_workspace(stream, WorkspacePurpose::mma_stream_k, qmv_mma_workspace_bytes(p, config)));
   q.counters = reinterpret_cast<int*>(ws);
   q.partials = reinterpret_cast<float*>(ws + counters_bytes(q.row_blocks));
   (void)fragment_bytes;

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 #include "src/core/runtime.h"
@@ -75,14 +76,14 @@ struct WorkspaceEntry {
   std::size_t bytes = 0;
 };
 std::mutex workspace_mutex;
-std::map<std::pair<int, cudaStream_t>, WorkspaceEntry> workspaces;
+std::map<std::tuple<int, cudaStream_t, WorkspacePurpose>, WorkspaceEntry> workspaces;
 }  // namespace
 
-void* stream_workspace(cudaStream_t stream, std::size_t bytes) {
+void* stream_workspace(cudaStream_t stream, WorkspacePurpose purpose, std::size_t bytes) {
   int device = 0;
   QMM_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(workspace_mutex);
-  WorkspaceEntry& e = workspaces[{device, stream}];
+  WorkspaceEntry& e = workspaces[{device, stream, purpose}];
   if (e.bytes >= bytes) return e.ptr;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   QMM_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));

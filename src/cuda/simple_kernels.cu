@@ -94,7 +94,7 @@ void launch_qvm_columns(const MatmulProblem& p, cudaStream_t stream) {
   constexpr int kThreads = 128;
   const std::int64_t slices = std::max<std::int64_t>(1, std::min<std::int64_t>(64, p.K / 64));
   const std::int64_t k_per_slice = (p.K + slices - 1) / slices;
-  float* acc = static_cast<float*>(stream_workspace(stream, sizeof(float) * kTokensPerPass * p.N));
+  float* acc = static_cast<float*>(stream_workspace(stream, WorkspacePurpose::column_accumulators, sizeof(float) * kTokensPerPass * p.N));
   const dim3 grid(static_cast<unsigned>((p.N + kThreads - 1) / kThreads), static_cast<unsigned>(slices));
   for (std::int64_t m0 = 0; m0 < p.M; m0 += kTokensPerPass) {
     const std::int64_t tokens = std::min<std::int64_t>(kTokensPerPass, p.M - m0);

@@ -9,8 +9,12 @@
 
 namespace qmm::detail {
 
-/// At least `bytes` of device memory for `stream`. Kernels that use counters in it must leave
-/// them at zero when they finish.
-void* stream_workspace(cudaStream_t stream, std::size_t bytes);
+/// What a workspace holds. Each purpose has its own buffer: qmv_mma keeps counters that must be
+/// zero between calls, which another kernel's scratch data would break.
+enum class WorkspacePurpose { mma_stream_k, column_accumulators };
+
+/// At least `bytes` of zero-initialised device memory for `stream` and `purpose`. Kernels that
+/// keep counters in it must leave them at zero when they finish.
+void* stream_workspace(cudaStream_t stream, WorkspacePurpose purpose, std::size_t bytes);
 
 }  // namespace qmm::detail
