@@ -85,6 +85,11 @@ class QuantizedLinear(torch.nn.Module):
     ``qmm.quantized_matmul`` raises ValueError instead.
     """
 
+    weight: torch.Tensor
+    scales: torch.Tensor
+    biases: torch.Tensor
+    bias: Optional[torch.Tensor]
+
     def __init__(
         self,
         in_features: int,
@@ -123,7 +128,7 @@ class QuantizedLinear(torch.nn.Module):
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
         else:
-            self.bias = None
+            self.register_buffer("bias", None)
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -155,7 +160,7 @@ class QuantizedLinear(torch.nn.Module):
         if linear.bias is not None:
             layer.register_buffer("bias", linear.bias.detach().to(w.dtype).clone())
         else:
-            layer.bias = None
+            layer.register_buffer("bias", None)
         return layer
 
     @classmethod
@@ -207,7 +212,7 @@ class QuantizedLinear(torch.nn.Module):
         if bias_t is not None:
             layer.register_buffer("bias", bias_t)
         else:
-            layer.bias = None
+            layer.register_buffer("bias", None)
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
