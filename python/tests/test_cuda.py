@@ -149,9 +149,14 @@ def test_torch_cuda_one_allocation_per_call():
     qmm.quantized_matmul(x, q, s, b)  # warm-up: lets qmm set up whatever it keeps per stream
     torch.cuda.synchronize()
     before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    free_before, reserved_before = torch.cuda.mem_get_info()[0], torch.cuda.memory_reserved()
     ys = [qmm.quantized_matmul(x, q, s, b) for _ in range(5)]
+    torch.cuda.synchronize()
     after = torch.cuda.memory_stats()["allocation.all.allocated"]
+    free_after, reserved_after = torch.cuda.mem_get_info()[0], torch.cuda.memory_reserved()
     assert after - before == len(ys)
+    # Device memory that left the free pool went to PyTorch's cache, none to qmm itself.
+    assert free_before - free_after == reserved_after - reserved_before
 
 
 @needs_torch_cuda
