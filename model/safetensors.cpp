@@ -55,6 +55,20 @@ std::string printable(const std::string& s) {
   return out;
 }
 
+// Local shape helpers: the parser depends on nothing but the standard library and nlohmann-json,
+// so the fuzz targets (fuzz/) build it alone with clang's sanitizers.
+std::string shape_str(const Shape& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::uint64_t element_count(const Shape& shape) {
+  std::uint64_t n = 1;
+  for (auto d : shape) n *= static_cast<std::uint64_t>(d);
+  return n;
+}
+
 std::uint64_t read_u64_le(const std::uint8_t* p) {
   std::uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
@@ -198,7 +212,7 @@ StHeader parse_safetensors(const std::uint8_t* bytes, std::size_t size, const st
       if (!zero) {
         bytes_needed *= di;
         if (bytes_needed > (static_cast<unsigned __int128>(1) << 64)) {
-          fail(file, where + ": shape " + shape_to_string(t.shape) + " is too large for any file");
+          fail(file, where + ": shape " + shape_str(t.shape) + " is too large for any file");
         }
       }
     }
@@ -217,7 +231,7 @@ StHeader parse_safetensors(const std::uint8_t* bytes, std::size_t size, const st
     }
     if (static_cast<unsigned __int128>(t.end - t.begin) != bytes_needed) {
       fail(file, where + ": " + std::to_string(t.end - t.begin) + " bytes of data but dtype " + st_dtype_name(t.dtype) +
-                     " and shape " + shape_to_string(t.shape) + " need " +
+                     " and shape " + shape_str(t.shape) + " need " +
                      std::to_string(static_cast<std::uint64_t>(bytes_needed)));
     }
     t.data = bytes + h.data_offset + t.begin;
@@ -286,7 +300,7 @@ const StTensor* SafetensorsFile::find(const std::string& name) const {
 
 std::uint64_t SafetensorsWriter::data_bytes(const std::vector<Spec>& specs) {
   std::uint64_t total = 0;
-  for (const auto& s : specs) total += static_cast<std::uint64_t>(numel(s.shape)) * st_itemsize(s.dtype);
+  for (const auto& s : specs) total += static_cast<std::uint64_t>(element_count(s.shape)) * st_itemsize(s.dtype);
   return total;
 }
 
@@ -303,7 +317,7 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Spec> 
   std::set<std::string> names;
   for (const auto& s : specs_) {
     if (!names.insert(s.name).second) throw Error("[safetensors] " + path + ": tensor '" + s.name + "' given twice");
-    const std::uint64_t nbytes = static_cast<std::uint64_t>(numel(s.shape)) * st_itemsize(s.dtype);
+    const std::uint64_t nbytes = static_cast<std::uint64_t>(element_count(s.shape)) * st_itemsize(s.dtype);
     j[s.name] = {{"dtype", st_dtype_name(s.dtype)}, {"shape", s.shape}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
@@ -327,7 +341,7 @@ void SafetensorsWriter::write(const std::string& name, const void* data, std::si
   if (next_ >= specs_.size()) fail(path_, "write of '" + name + "' after the last tensor");
   const Spec& s = specs_[next_];
   if (s.name != name) fail(path_, "expected tensor '" + s.name + "' next but got '" + name + "'");
-  const std::size_t expected = static_cast<std::size_t>(numel(s.shape)) * st_itemsize(s.dtype);
+  const std::size_t expected = static_cast<std::size_t>(element_count(s.shape)) * st_itemsize(s.dtype);
   if (nbytes != expected) {
     fail(path_, "tensor '" + name + "': " + std::to_string(nbytes) + " bytes given, " + std::to_string(expected) + " expected");
   }
