@@ -75,6 +75,10 @@ std::pair<Shape, Dtype> quantized_matmul_output(const TensorView& x, const Tenso
 /// Names of the kernel configurations `CallOptions::kernel` accepts for an op
 /// ("quantize", "dequantize", "quantized_matmul") on a device.
 std::vector<std::string> kernel_names(const Device& device, const std::string& op);
+/// Whether `name` is accepted by CallOptions::kernel for `op` on `device`: a name of
+/// kernel_names, or a qmv_mma name with a "_b<blocks>" suffix.
+bool is_kernel_name(const Device& device, const std::string& op, const std::string& name);
+
 /// How a quantized_matmul call would run (for reports such as `qmm bench`, and for tests).
 /// Same arguments as the op; `options.kernel` forces a configuration as in the op.
 struct LaunchInfo {

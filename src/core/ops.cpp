@@ -89,20 +89,10 @@ void check_output(const char* op, const char* name, const TensorView& out, const
 }
 
 void check_kernel(const char* op, const Device& device, const std::string& kernel) {
-  if (kernel.empty()) return;
-  const auto names = kernel_names(device, op);
-  // A listed name, optionally followed by "_b<digits>" (a block count the backend checks).
-  const auto matches = [&kernel](const std::string& n) {
-    if (kernel == n) return true;
-    return kernel.size() > n.size() + 2 && kernel.compare(0, n.size(), n) == 0 &&
-           kernel.compare(n.size(), 2, "_b") == 0 &&
-           kernel.find_first_not_of("0123456789", n.size() + 2) == std::string::npos;
-  };
-  if (std::none_of(names.begin(), names.end(), matches)) {
-    std::string list;
-    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-    fail(op, "unknown kernel '" + kernel + "' for " + device_name(device) + " (available: " + list + ")");
-  }
+  if (kernel.empty() || is_kernel_name(device, op, kernel)) return;
+  std::string list;
+  for (const auto& n : kernel_names(device, op)) list += (list.empty() ? "" : ", ") + n;
+  fail(op, "unknown kernel '" + kernel + "' for " + device_name(device) + " (available: " + list + ")");
 }
 
 Shape batch_of(const Shape& s, std::size_t trailing) {
@@ -470,6 +460,17 @@ DeviceInfo device_info(const Device& device) {
     return detail::cuda_device_info(device.index);
   }
   return detail::cpu_device_info();
+}
+
+bool is_kernel_name(const Device& device, const std::string& op, const std::string& name) {
+  const auto names = kernel_names(device, op);
+  // A listed name, or a qmv_mma name followed by "_b<digits>" (a block count the backend checks).
+  return std::any_of(names.begin(), names.end(), [&name](const std::string& n) {
+    if (name == n) return true;
+    return n.rfind("qmv_mma_m", 0) == 0 && name.size() > n.size() + 2 && name.compare(0, n.size(), n) == 0 &&
+           name.compare(n.size(), 2, "_b") == 0 &&
+           name.find_first_not_of("0123456789", n.size() + 2) == std::string::npos;
+  });
 }
 
 bool cuda_available() { return detail::cuda_runtime_available(); }

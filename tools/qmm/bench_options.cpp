@@ -169,7 +169,7 @@ BenchPlan make_plan(const BenchOptions& o) {
   // Kernel.
   if (!o.kernel.empty()) {
     const auto names = kernel_names(plan.device, "quantized_matmul");
-    if (std::find(names.begin(), names.end(), o.kernel) == names.end()) {
+    if (!is_kernel_name(plan.device, "quantized_matmul", o.kernel)) {
       std::string known;
       for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
       fail("--kernel: unknown kernel '" + o.kernel + "' for " + device_name(plan.device) + " (known: " + known + ")");
