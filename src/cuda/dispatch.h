@@ -45,9 +45,12 @@ constexpr int kMmaRowsPerBlock = 128;
 constexpr int kMmaSegment = 128;
 constexpr int kMmaThreads = 128;
 
-/// Resident qmv_mma blocks per SM the kernel is compiled for: 4 (64 KB of loads in flight per
-/// SM) while the accumulators are small, 2 for 32 and 64 tokens so they fit in registers.
-constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 4 : 2; }
+/// Resident qmv_mma blocks per SM the kernel is compiled for. Two 128-thread blocks leave each
+/// thread up to 255 registers: measured on H100, a 128-register cap (four blocks) made the
+/// compiler recompute addresses and reuse the MMA operand registers, which serialised the
+/// dequantize/MMA chains (bench/NOTES.md, v3). The same count for every token tile keeps the
+/// stream-K split, and so every output bit, independent of M.
+constexpr int mma_blocks_per_sm(int /*token_tiles*/) { return 2; }
 
 /// Names of every configuration `CallOptions::kernel` accepts on CUDA.
 std::vector<std::string> kernel_names();

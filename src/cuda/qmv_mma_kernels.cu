@@ -41,7 +41,7 @@ struct MmaParams {
   int M;  // rows of x in this pass (<= 8 * TokenTiles)
   int N;
   int K;
-  int group_size;
+  int group_shift;  // log2(group_size)
   std::int64_t words_per_row;
   int groups_per_row;
   int row_blocks;
@@ -74,7 +74,7 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   using T2 = typename mma::Types<T>::T2;
   const int k_chunk = seg * kMmaSegment + 32 * c;
   if (k_chunk < p.K) {
-    const int g = k_chunk / p.group_size;
+    const int g = k_chunk >> p.group_shift;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       L.chunk[i] = mma::load_chunk<Bits>(wrow[i] + static_cast<std::int64_t>(seg * 4 + c) * Bits);
@@ -122,6 +122,8 @@ __device__ __forceinline__ void stage_x(uint4* xs, const MmaParams& p, int cs, i
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
                                                 const uint4* xs, int local, int c, int token) {
+  // In a register, so the 4-bit path merges mask and magic into one LOP3.
+  const std::uint32_t magic = mma::pair_magic<T, Bits>();
 #pragma unroll
   for (int pair = 0; pair < 4; ++pair) {
     // B fragments for the two steps of this pair, per token tile (see mma_fragments.cuh).
@@ -140,10 +142,10 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
       for (int tile = 0; tile < 2; ++tile) {
         const int r0 = 2 * tile, r8 = 2 * tile + 1;
         std::uint32_t a[4];
-        a[0] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step), L.s2[r0], L.b2[r0]);
-        a[1] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step), L.s2[r8], L.b2[r8]);
-        a[2] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1), L.s2[r0], L.b2[r0]);
-        a[3] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1), L.s2[r8], L.b2[r8]);
+        a[0] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), L.s2[r0], L.b2[r0]);
+        a[1] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), L.s2[r8], L.b2[r8]);
+        a[2] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), L.s2[r0], L.b2[r0]);
+        a[3] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), L.s2[r8], L.b2[r8]);
 #pragma unroll
         for (int t = 0; t < TokenTiles; ++t) {
           mma::mma_16816<T>(acc[tile][t], a, bx[t][2 * step], bx[t][2 * step + 1]);
@@ -310,7 +312,7 @@ MmaParams make_params(const MatmulProblem& p, const cuda_dispatch::KernelConfig&
   q.biases = p.w.biases;
   q.N = static_cast<int>(p.N);
   q.K = static_cast<int>(p.K);
-  q.group_size = p.w.group_size;
+  q.group_shift = p.w.group_size == 32 ? 5 : p.w.group_size == 64 ? 6 : 7;
   q.words_per_row = format::packed_words(p.K, p.w.bits);
   q.groups_per_row = static_cast<int>(p.K / p.w.group_size);
   q.row_blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
