@@ -32,12 +32,15 @@ void rms_norm(const float*, const float*, void*, int, std::int64_t, float, Dtype
 void add_rms_norm(float*, const void*, const float*, const float*, void*, int, std::int64_t, float, Dtype, void*) {
   no_cuda("add_rms_norm");
 }
-void qkv_rope(const QkvArgs&, Dtype, void*) { no_cuda("qkv_rope"); }
 std::int64_t attention_splits(std::int64_t pos, int n, std::int64_t split_len) {
   return (pos + n + split_len - 1) / split_len;
 }
 bool attention_supports_head_dim(int) { return false; }
-void attention(const AttentionArgs&, Dtype, void*) { no_cuda("attention"); }
+std::int64_t attention_chunks(int n, int group, int head_dim) {
+  const int chunk = head_dim >= 256 ? 8 : 16;
+  return (static_cast<std::int64_t>(n) * group + chunk - 1) / chunk;
+}
+void attention(const QkvArgs&, const AttentionArgs&, Dtype, void*) { no_cuda("attention"); }
 void swiglu(const void*, std::int64_t, const void*, std::int64_t, const float*, const float*, void*, int, std::int64_t,
             Dtype, void*) {
   no_cuda("swiglu");

@@ -60,7 +60,7 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, const ModelOptions& op
   const std::int64_t D = c.head_dim, H = c.num_heads, KVH = c.num_kv_heads, hidden = c.hidden_size;
   const std::int64_t I = c.intermediate_size;
   if (cuda_ && !cuda::attention_supports_head_dim(static_cast<int>(D))) {
-    fail("head_dim " + std::to_string(D) + " is not supported by the CUDA attention kernel (64, 96, 128, 256)");
+    fail("head_dim " + std::to_string(D) + " is not supported by the CUDA attention kernel (64, 128, 256)");
   }
   max_rows_ = std::max(opt_.prefill_chunk, opt_.max_verify_rows);
   const std::int64_t R = max_rows_;
@@ -99,6 +99,9 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, const ModelOptions& op
     cuda::memset_zero(v_cache_.data(), v_cache_.nbytes());
     ws_o_ = Tensor::empty({ws_entries, D}, Dtype::float32, dev);
     ws_ml_ = Tensor::empty({ws_entries, 2}, Dtype::float32, dev);
+    const std::int64_t chunks = cuda::attention_chunks(max_rows_, static_cast<int>(H / KVH), static_cast<int>(D));
+    counters_ = Tensor::empty({KVH * chunks}, Dtype::uint32, dev);
+    cuda::memset_zero(counters_.data(), counters_.nbytes());  // the kernel leaves them zero again
   } else {
     std::fill_n(static_cast<char*>(k_cache_.data()), k_cache_.nbytes(), 0);
     std::fill_n(static_cast<char*>(v_cache_.data()), v_cache_.nbytes(), 0);
@@ -279,8 +282,8 @@ void Model::enqueue(int n, std::int64_t pos, bool all_logits, unsigned cats) {
     aa.out = attn_.data();
     if (att) {
       if (cuda_) {
-        cuda::qkv_rope(qa, dt, stream_);
-        cuda::attention(aa, dt, stream_);
+        aa.counters = counters_.data_as<std::uint32_t>();
+        cuda::attention(qa, aa, dt, stream_);  // bias, norm, RoPE and the cache write included
       } else {
         cpu::qkv_rope(qa, dt);
         cpu::attention(aa, dt);

@@ -80,7 +80,7 @@ class Model {
   std::int64_t prefill_split_len_ = 32;
   std::vector<std::int32_t> host_tokens_;
   Tensor tokens_, h_, xn_, qkv_, qrot_, attn_, tmp_, gu_, act_, logits_;
-  Tensor k_cache_, v_cache_, rope_cos_, rope_sin_, ws_o_, ws_ml_;
+  Tensor k_cache_, v_cache_, rope_cos_, rope_sin_, ws_o_, ws_ml_, counters_;
 };
 
 /// RoPE inverse frequencies of a config (default, linear and llama3 scaling), in double.

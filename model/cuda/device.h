@@ -63,6 +63,7 @@ void rms_norm(const float* h, const float* w, void* out, int n, std::int64_t hid
 void add_rms_norm(float* h, const void* delta, const float* delta_bias, const float* w, void* out, int n,
                   std::int64_t hidden, float eps, Dtype dtype, void* stream);
 
+/// The q/k/v projections of the new rows and what turns them into attention inputs.
 struct QkvArgs {
   const void* q = nullptr;  // rows of the projections (possibly one fused buffer)
   const void* k = nullptr;
@@ -79,15 +80,13 @@ struct QkvArgs {
   int n = 0;
   std::int64_t pos = 0;
   int heads = 0, kv_heads = 0, head_dim = 0;
-  void* q_out = nullptr;    // [n][heads][head_dim]
+  void* q_out = nullptr;    // [n][heads][head_dim] (the CPU path; the CUDA kernel keeps q on chip)
   void* k_cache = nullptr;  // [max_seq][kv_heads][head_dim]
   void* v_cache = nullptr;
 };
-/// Bias, optional q/k norm, RoPE; writes q_out and the caches at positions pos .. pos + n - 1.
-void qkv_rope(const QkvArgs& a, Dtype dtype, void* stream);
 
 struct AttentionArgs {
-  const void* q = nullptr;  // [n][heads][head_dim]
+  const void* q = nullptr;  // [n][heads][head_dim] rotated queries (the CPU path)
   const void* k_cache = nullptr;
   const void* v_cache = nullptr;
   int n = 0;
@@ -97,15 +96,21 @@ struct AttentionArgs {
   float scale = 1.0f;
   float* ws_o = nullptr;   // [n * heads * splits][head_dim]
   float* ws_ml = nullptr;  // [n * heads * splits][2]
+  std::uint32_t* counters = nullptr;  // [kv_heads * attention_chunks(n, group)], zero between calls
   void* out = nullptr;     // [n][heads * head_dim]
 };
 /// Number of key splits for n rows at pos (the workspace holds n * heads * splits entries).
 std::int64_t attention_splits(std::int64_t pos, int n, std::int64_t split_len);
-/// Head dims the attention kernel is compiled for.
+/// Blocks along the query axis for n rows of `group` query heads per key/value head.
+std::int64_t attention_chunks(int n, int group, int head_dim);
+/// Head dims the attention kernel is compiled for (64, 128, 256).
 bool attention_supports_head_dim(int head_dim);
-/// Causal GQA attention over the cache. Each row's result depends only on its own keys and the
-/// fixed split boundaries, never on n (batch invariance).
-void attention(const AttentionArgs& a, Dtype dtype, void* stream);
+/// One kernel: q/k/v bias, optional q/k RMSNorm and RoPE of the new rows (their keys and values
+/// written to the caches at pos .. pos + n - 1), causal GQA attention over the cache in key
+/// splits, and the combine of the splits (by the last block of each query chunk). Each row's
+/// result depends only on its own keys and the fixed split boundaries, never on n: batch
+/// invariance. `qkv.k_cache/v_cache` must equal `a.k_cache/v_cache`.
+void attention(const QkvArgs& qkv, const AttentionArgs& a, Dtype dtype, void* stream);
 
 /// out = dtype(silu(gate + gate_bias) * (up + up_bias)).
 void swiglu(const void* gate, std::int64_t gate_stride, const void* up, std::int64_t up_stride, const float* gate_bias,

@@ -139,96 +139,72 @@ __global__ void add_rms_norm_kernel(float* __restrict__ h, const T* __restrict__
   for (std::int64_t k = threadIdx.x; k < hidden; k += blockDim.x) out[row * hidden + k] = from_f<T>(x[k] * r * w[k]);
 }
 
-// ---- q/k/v: bias, per-head norm, RoPE, cache write --------------------------------------------
-
-template <typename T>
-__global__ void qkv_rope_kernel(QkvArgs a) {
-  const int i = blockIdx.x;
-  const int hh = blockIdx.y;
-  const int half = a.head_dim / 2;
-  const int j = threadIdx.x;
-  const bool active = j < half;
-  const std::int64_t p = a.pos + i;
-  int kind, head;  // 0 q, 1 k, 2 v
-  if (hh < a.heads) {
-    kind = 0;
-    head = hh;
-  } else if (hh < a.heads + a.kv_heads) {
-    kind = 1;
-    head = hh - a.heads;
-  } else {
-    kind = 2;
-    head = hh - a.heads - a.kv_heads;
-  }
-  const T* src = static_cast<const T*>(kind == 0 ? a.q : kind == 1 ? a.k : a.v) +
-                 i * (kind == 0 ? a.q_stride : kind == 1 ? a.k_stride : a.v_stride) +
-                 static_cast<std::int64_t>(head) * a.head_dim;
-  const float* bias = kind == 0 ? a.q_bias : kind == 1 ? a.k_bias : a.v_bias;
-  float x1 = 0.0f, x2 = 0.0f;
-  if (active) {
-    x1 = to_f(src[j]);
-    x2 = to_f(src[j + half]);
-    if (bias) {
-      x1 += bias[head * a.head_dim + j];
-      x2 += bias[head * a.head_dim + j + half];
-    }
-  }
-  const std::int64_t cache_off = (p * a.kv_heads + head) * a.head_dim;
-  if (kind == 2) {
-    if (active) {
-      T* v = static_cast<T*>(a.v_cache) + cache_off;
-      v[j] = from_f<T>(x1);
-      v[j + half] = from_f<T>(x2);
-    }
-    return;
-  }
-  const float* nw = kind == 0 ? a.q_norm : a.k_norm;
-  if (nw) {  // uniform per block: every thread takes this branch or none does
-    const float ss = block_sum(active ? x1 * x1 + x2 * x2 : 0.0f);
-    const float r = rsqrtf(ss / static_cast<float>(a.head_dim) + a.eps);
-    if (active) {
-      x1 = x1 * r * nw[j];
-      x2 = x2 * r * nw[j + half];
-    }
-  }
-  if (!active) return;
-  const float c = a.rope_cos[p * half + j];
-  const float s = a.rope_sin[p * half + j];
-  const float y1 = x1 * c - x2 * s;
-  const float y2 = x2 * c + x1 * s;
-  T* dst = kind == 0 ? static_cast<T*>(a.q_out) + (static_cast<std::int64_t>(i) * a.heads + head) * a.head_dim
-                     : static_cast<T*>(a.k_cache) + cache_off;
-  dst[j] = from_f<T>(y1);
-  dst[j + half] = from_f<T>(y2);
-}
-
 // ---- attention ------------------------------------------------------------------------------
 //
-// Grid (kv head, key split, chunk of query vectors). A query vector is one (row, q head) of the
-// kv head's group; a block takes 8 warps x VPW of them, so every K/V tile it loads from the cache
-// serves the whole GQA group and all rows at once. Lane j of a warp scores key j of a 32-key
-// tile; the online softmax keeps (max, sum, output) per vector in registers; each block writes
-// unnormalized partials per split and a second kernel combines the splits in order. Split
-// boundaries are multiples of split_len, so a row sees the same tiles in the same order whatever
-// n is: its bits do not depend on the batch.
+// One kernel per layer. Grid (kv head, key split, chunk of query vectors); a query vector is one
+// (row, q head) of the kv head's GQA group, a block takes 8 warps x VPW of them, so every K/V
+// tile it loads serves the whole group and every row at once.
+//   1. Each warp builds its query vectors from the projections: bias, optional RMSNorm, RoPE,
+//      rounded to the model dtype (as the CPU path stores q), scaled into log2 units.
+//   2. Per 32-key tile, one warp per key row: old positions (< pos) come from the cache; new ones
+//      are built from the k/v projections (bias, norm, RoPE) and written to the cache by the
+//      last chunk's block, the one whose rows see every new key of the split.
+//   3. Lane j scores key j; an online softmax keeps (max, sum, output) per vector in registers;
+//      unnormalized partials go to the workspace per split.
+//   4. The last block of a (kv head, chunk) to finish combines the splits in split order and
+//      resets its counter (graph replays find it zero).
+// Split boundaries are multiples of split_len and every per-row reduction runs in a fixed order,
+// so a row sees the same tiles in the same order whatever n is: its bits do not depend on the
+// batch.
 
 constexpr int kTile = 32;
 constexpr int kWarps = 8;
 
-template <typename T, int D>
+template <int D>
 struct AttnShape {
   static constexpr int VPW = D >= 256 ? 1 : 2;  // query vectors per warp (shared memory budget)
   static constexpr int CHUNK = kWarps * VPW;
   static constexpr int DP = D + 2;  // padded K row: lane j's row starts in bank j
+  static constexpr int PER_LANE = D / 32;
+  static constexpr int HALF_LANE = PER_LANE / 2;  // RoPE partner of element e is e + HALF_LANE
 };
 
+/// Bias, optional RMSNorm and RoPE of one head row held as x[e] = element lane + 32 e.
+template <int D>
+__device__ __forceinline__ void bias_norm_rope(float (&x)[D / 32], const float* bias, const float* norm, float eps,
+                                               const float* cos_row, const float* sin_row, int lane) {
+  using S = AttnShape<D>;
+#pragma unroll
+  for (int e = 0; e < S::PER_LANE; ++e) {
+    if (bias) x[e] += bias[lane + 32 * e];
+  }
+  if (norm) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int e = 0; e < S::PER_LANE; ++e) ss = fmaf(x[e], x[e], ss);
+    ss = warp_sum(ss);
+    const float r = rsqrtf(ss / static_cast<float>(D) + eps);
+#pragma unroll
+    for (int e = 0; e < S::PER_LANE; ++e) x[e] = x[e] * r * norm[lane + 32 * e];
+  }
+#pragma unroll
+  for (int e = 0; e < S::HALF_LANE; ++e) {
+    const int j = lane + 32 * e;
+    const float c = cos_row[j], s = sin_row[j];
+    const float x1 = x[e], x2 = x[e + S::HALF_LANE];
+    x[e] = x1 * c - x2 * s;
+    x[e + S::HALF_LANE] = x2 * c + x1 * s;
+  }
+}
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(AttentionArgs a, int splits) {
-  using S = AttnShape<T, D>;
-  constexpr int VPW = S::VPW, DP = S::DP, PER_LANE = D / 32;
+__global__ void __launch_bounds__(kWarps * 32) attention_kernel(QkvArgs qa, AttentionArgs a, int splits) {
+  using S = AttnShape<D>;
+  constexpr int VPW = S::VPW, DP = S::DP, PER_LANE = S::PER_LANE, HALF = D / 2;
   __shared__ __align__(16) T ks[kTile * DP];
   __shared__ __align__(16) T vs[kTile * D];
   __shared__ float qs[kWarps][VPW][D];
+  __shared__ bool last_block;
 
   const int kvh = blockIdx.x, split = blockIdx.y, chunk = blockIdx.z;
   const int group = a.heads / a.kv_heads;
@@ -239,18 +215,30 @@ __global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(AttentionA
   const int v_first = chunk * S::CHUNK;
   const int v_last = min(qn, v_first + S::CHUNK) - 1;
   const std::int64_t block_end = min(s_end, a.pos + v_last / group + 1);
+  const bool writes_cache = chunk == static_cast<int>(gridDim.z) - 1;
   const float qscale = a.scale * 1.4426950408889634f;  // scores in log2 units: exp2f below
 
+  // 1. Query vectors.
   int vec[VPW];
   std::int64_t limit[VPW];
   for (int vi = 0; vi < VPW; ++vi) {
     const int v = v_first + warp + vi * kWarps;
     vec[vi] = v <= v_last ? v : -1;
-    const int row = v / group;
+    const int row = v / group, head = kvh * group + v % group;
     limit[vi] = vec[vi] >= 0 ? a.pos + row + 1 : 0;
-    const int head = kvh * group + v % group;
-    const T* q = static_cast<const T*>(a.q) + (static_cast<std::int64_t>(row) * a.heads + head) * D;
-    for (int d = lane; d < D; d += 32) qs[warp][vi][d] = vec[vi] >= 0 ? to_f(q[d]) * qscale : 0.0f;
+    float x[PER_LANE];
+    if (vec[vi] >= 0) {
+      const T* src = static_cast<const T*>(qa.q) + row * qa.q_stride + static_cast<std::int64_t>(head) * D;
+#pragma unroll
+      for (int e = 0; e < PER_LANE; ++e) x[e] = to_f(src[lane + 32 * e]);
+      const std::int64_t p = a.pos + row;
+      bias_norm_rope<D>(x, qa.q_bias ? qa.q_bias + head * D : nullptr, qa.q_norm, qa.eps, qa.rope_cos + p * HALF,
+                        qa.rope_sin + p * HALF, lane);
+    }
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) {
+      qs[warp][vi][lane + 32 * e] = vec[vi] >= 0 ? to_f(from_f<T>(x[e])) * qscale : 0.0f;
+    }
   }
   float m[VPW], l[VPW], o[VPW][PER_LANE];
   for (int vi = 0; vi < VPW; ++vi) {
@@ -258,25 +246,56 @@ __global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(AttentionA
     l[vi] = 0.0f;
     for (int e = 0; e < PER_LANE; ++e) o[vi][e] = 0.0f;
   }
-  const T* kc = static_cast<const T*>(a.k_cache);
-  const T* vc = static_cast<const T*>(a.v_cache);
+  T* kc = static_cast<T*>(const_cast<void*>(a.k_cache));
+  T* vc = static_cast<T*>(const_cast<void*>(a.v_cache));
   const std::int64_t row_stride = static_cast<std::int64_t>(a.kv_heads) * D;
 
   for (std::int64_t t0 = s_begin; t0 < block_end; t0 += kTile) {
     __syncthreads();  // the previous tile is consumed (and qs is written, first time round)
-    const int rows = static_cast<int>(min(static_cast<std::int64_t>(kTile), block_end - t0));
-    for (int idx = threadIdx.x; idx < kTile * (D / 2); idx += kWarps * 32) {
-      const int r = idx / (D / 2), c = idx % (D / 2);
-      unsigned kv = 0, vv = 0;
-      if (r < rows) {
-        const std::int64_t off = (t0 + r) * row_stride + static_cast<std::int64_t>(kvh) * D;
-        kv = reinterpret_cast<const unsigned*>(kc + off)[c];
-        vv = reinterpret_cast<const unsigned*>(vc + off)[c];
+    // 2. Keys and values of the tile, one warp per row.
+    for (int r = warp; r < kTile; r += kWarps) {
+      T* kd = ks + r * DP;
+      T* vd = vs + r * D;
+      const std::int64_t p = t0 + r;
+      if (p >= block_end) {
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) kd[lane + 32 * e] = vd[lane + 32 * e] = from_f<T>(0.0f);
+        continue;
       }
-      reinterpret_cast<unsigned*>(ks + r * DP)[c] = kv;
-      reinterpret_cast<unsigned*>(vs + r * D)[c] = vv;
+      const std::int64_t off = p * row_stride + static_cast<std::int64_t>(kvh) * D;
+      if (p < a.pos) {
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) {
+          kd[lane + 32 * e] = kc[off + lane + 32 * e];
+          vd[lane + 32 * e] = vc[off + lane + 32 * e];
+        }
+        continue;
+      }
+      const std::int64_t i = p - a.pos;  // a new row: build it from the projections
+      const T* ksrc = static_cast<const T*>(qa.k) + i * qa.k_stride + static_cast<std::int64_t>(kvh) * D;
+      const T* vsrc = static_cast<const T*>(qa.v) + i * qa.v_stride + static_cast<std::int64_t>(kvh) * D;
+      float x[PER_LANE];
+#pragma unroll
+      for (int e = 0; e < PER_LANE; ++e) x[e] = to_f(ksrc[lane + 32 * e]);
+      bias_norm_rope<D>(x, qa.k_bias ? qa.k_bias + kvh * D : nullptr, qa.k_norm, qa.eps, qa.rope_cos + p * HALF,
+                        qa.rope_sin + p * HALF, lane);
+#pragma unroll
+      for (int e = 0; e < PER_LANE; ++e) {
+        const int d = lane + 32 * e;
+        const T kv = from_f<T>(x[e]);
+        float vv = to_f(vsrc[d]);
+        if (qa.v_bias) vv += qa.v_bias[kvh * D + d];
+        const T vt = from_f<T>(vv);
+        kd[d] = kv;
+        vd[d] = vt;
+        if (writes_cache) {
+          kc[off + d] = kv;
+          vc[off + d] = vt;
+        }
+      }
     }
     __syncthreads();
+    // 3. Scores and the online softmax.
     for (int vi = 0; vi < VPW; ++vi) {
       if (vec[vi] < 0) continue;
       const std::int64_t visible = limit[vi] - t0;
@@ -318,36 +337,47 @@ __global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(AttentionA
       a.ws_ml[entry * 2 + 1] = l[vi];
     }
   }
-}
 
-template <typename T>
-__global__ void attention_combine_kernel(AttentionArgs a, int splits) {
-  const int row = blockIdx.x / a.heads, head = blockIdx.x % a.heads;
-  const int D = a.head_dim;
-  const int used = static_cast<int>((a.pos + row) / a.split_len) + 1;  // splits 0 .. used - 1
-  const std::int64_t base = (static_cast<std::int64_t>(row) * a.heads + head) * splits;
-  float mmax = -INFINITY;
-  for (int s = 0; s < used; ++s) mmax = fmaxf(mmax, a.ws_ml[(base + s) * 2]);
-  float den = 0.0f;
-  for (int s = 0; s < used; ++s) den += exp2f(a.ws_ml[(base + s) * 2] - mmax) * a.ws_ml[(base + s) * 2 + 1];
-  T* out = static_cast<T*>(a.out) + (static_cast<std::int64_t>(row) * a.heads + head) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int s = 0; s < used; ++s) acc += exp2f(a.ws_ml[(base + s) * 2] - mmax) * a.ws_o[(base + s) * D + d];
-    out[d] = from_f<T>(acc / den);
+  // 4. The last block of this (kv head, chunk) combines the splits.
+  __threadfence();
+  __syncthreads();
+  std::uint32_t* counter = a.counters + static_cast<std::int64_t>(kvh) * gridDim.z + chunk;
+  if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == static_cast<std::uint32_t>(splits - 1);
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  if (threadIdx.x == 0) *counter = 0;
+  for (int v = v_first + warp; v <= v_last; v += kWarps) {
+    const int row = v / group, head = kvh * group + v % group;
+    const int used = static_cast<int>((a.pos + row) / a.split_len) + 1;  // splits 0 .. used - 1
+    const std::int64_t base = (static_cast<std::int64_t>(row) * a.heads + head) * splits;
+    float mmax = -INFINITY;
+    for (int s = 0; s < used; ++s) mmax = fmaxf(mmax, __ldcg(a.ws_ml + (base + s) * 2));
+    float den = 0.0f;
+    for (int s = 0; s < used; ++s) {
+      den += exp2f(__ldcg(a.ws_ml + (base + s) * 2) - mmax) * __ldcg(a.ws_ml + (base + s) * 2 + 1);
+    }
+    T* out = static_cast<T*>(a.out) + (static_cast<std::int64_t>(row) * a.heads + head) * D;
+    for (int e = 0; e < PER_LANE; ++e) {
+      const int d = lane + 32 * e;
+      float acc = 0.0f;
+      for (int s = 0; s < used; ++s) {
+        acc += exp2f(__ldcg(a.ws_ml + (base + s) * 2) - mmax) * __ldcg(a.ws_o + (base + s) * D + d);
+      }
+      out[d] = from_f<T>(acc / den);
+    }
   }
 }
 
 template <typename T, int D>
-void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
-  using S = AttnShape<T, D>;
+void launch_attention(const QkvArgs& qa, const AttentionArgs& a, cudaStream_t stream) {
+  using S = AttnShape<D>;
   const int splits = static_cast<int>(attention_splits(a.pos, a.n, a.split_len));
-  const int qn = a.n * (a.heads / a.kv_heads);
-  const dim3 grid(a.kv_heads, splits, (qn + S::CHUNK - 1) / S::CHUNK);
-  attention_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(a, splits);
-  QMM_MODEL_CUDA_CHECK_LAUNCH("attention_split_kernel");
-  attention_combine_kernel<T><<<a.n * a.heads, D >= 128 ? 128 : 64, 0, stream>>>(a, splits);
-  QMM_MODEL_CUDA_CHECK_LAUNCH("attention_combine_kernel");
+  const int chunks = static_cast<int>(attention_chunks(a.n, a.heads / a.kv_heads, D));
+  const dim3 grid(a.kv_heads, splits, chunks);
+  static_assert(S::CHUNK == (D >= 256 ? 8 : 16), "attention_chunks() assumes these chunk sizes");
+  attention_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(qa, a, splits);
+  QMM_MODEL_CUDA_CHECK_LAUNCH("attention_kernel");
 }
 
 // ---- SwiGLU, dense linear, fill -------------------------------------------------------------
@@ -434,38 +464,31 @@ void add_rms_norm(float* h, const void* delta, const float* delta_bias, const fl
   });
 }
 
-void qkv_rope(const QkvArgs& a, Dtype dtype, void* stream) {
-  if (a.n <= 0) return;
-  if (a.head_dim < 2 || a.head_dim % 2 != 0 || a.head_dim > 2048) {
-    throw Error("[model] qkv_rope: unsupported head_dim " + std::to_string(a.head_dim));
-  }
-  const int threads = ((a.head_dim / 2 + 31) / 32) * 32;
-  dispatch(dtype, "qkv_rope", [&](auto tag) {
-    using T = decltype(tag);
-    const dim3 grid(a.n, a.heads + 2 * a.kv_heads);
-    qkv_rope_kernel<T><<<grid, threads, 0, as_stream(stream)>>>(a);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("qkv_rope_kernel");
-  });
-}
-
 std::int64_t attention_splits(std::int64_t pos, int n, std::int64_t split_len) {
   return (pos + n + split_len - 1) / split_len;
 }
 
-bool attention_supports_head_dim(int d) { return d == 64 || d == 96 || d == 128 || d == 256; }
+std::int64_t attention_chunks(int n, int group, int head_dim) {
+  const int chunk = head_dim >= 256 ? 8 : 16;
+  return (static_cast<std::int64_t>(n) * group + chunk - 1) / chunk;
+}
 
-void attention(const AttentionArgs& a, Dtype dtype, void* stream) {
+bool attention_supports_head_dim(int d) { return d == 64 || d == 128 || d == 256; }
+
+void attention(const QkvArgs& qa, const AttentionArgs& a, Dtype dtype, void* stream) {
   if (a.n <= 0) return;
   if (a.split_len <= 0 || a.split_len % kTile != 0) throw Error("[model] attention: split_len must be a multiple of 32");
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) throw Error("[model] attention: heads must be a multiple of kv_heads");
+  if (qa.k_cache != a.k_cache || qa.v_cache != a.v_cache || !a.counters || !a.ws_o || !a.ws_ml) {
+    throw Error("[model] attention: inconsistent arguments");
+  }
   dispatch(dtype, "attention", [&](auto tag) {
     using T = decltype(tag);
     switch (a.head_dim) {
-      case 64: launch_attention<T, 64>(a, as_stream(stream)); break;
-      case 96: launch_attention<T, 96>(a, as_stream(stream)); break;
-      case 128: launch_attention<T, 128>(a, as_stream(stream)); break;
-      case 256: launch_attention<T, 256>(a, as_stream(stream)); break;
-      default: throw Error("[model] attention: head_dim " + std::to_string(a.head_dim) + " is not compiled (64, 96, 128, 256)");
+      case 64: launch_attention<T, 64>(qa, a, as_stream(stream)); break;
+      case 128: launch_attention<T, 128>(qa, a, as_stream(stream)); break;
+      case 256: launch_attention<T, 256>(qa, a, as_stream(stream)); break;
+      default: throw Error("[model] attention: head_dim " + std::to_string(a.head_dim) + " is not compiled (64, 128, 256)");
     }
   });
 }
