@@ -51,7 +51,9 @@ def shape_title(s):
     t = f"K={s['k']} \u2192 N={s['n']}"
     if s.get("label"):
         t += f"  ({s['label']})"
-    return t + f"\n{s['weight_bytes'] / 1e6:.1f} MB of weights per call"
+    b = s["weight_bytes"]
+    size = f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} KB"
+    return t + f"\n{size} of weights per call"
 
 
 def draw(report, out_path):
@@ -101,9 +103,12 @@ def draw(report, out_path):
         ax.legend(fontsize=7, loc="upper left")
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
-    method = "CUDA graphs, cold weights" if cfg.get("method") == "cuda-graph" else "wall clock, cold weights"
-    fig.suptitle(f"qmm bench on {dev['name']} \u2014 {cfg['bits']}-bit, group {cfg['group_size']}, "
-                 f"{cfg['dtype']}, {method}, median of \u2265 {cfg['min_samples']}", fontsize=11)
+    method = ("CUDA graphs" if cfg.get("method") == "cuda-graph" else "wall clock") + ", rotated weights, median"
+    title = f"qmm bench on {dev['name']}\n{cfg['bits']}-bit, group {cfg['group_size']}, {cfg['dtype']}, {method}"
+    peers_card = (report.get("peers_device") or {}).get("name")
+    if peers_card and peers_card != dev["name"]:
+        title += f" (peers ran on {peers_card})"
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     print(f"plot_bench: wrote {out_path}", file=sys.stderr)

@@ -361,7 +361,12 @@ void print_table(const Report& report, std::FILE* out) {
   }
 
   if (!report.peers.empty()) {
-    std::fprintf(out, "\npeers (%s):\n", report.peers_device.value("name", std::string("device unknown")).c_str());
+    const std::string peers_card = report.peers_device.value("name", std::string("device unknown"));
+    std::fprintf(out, "\npeers (%s):\n", peers_card.c_str());
+    if (peers_card != d.name) {
+      std::fprintf(out, "   note: the peers ran on %s, qmm on %s: compare only runs on the same card\n",
+                   peers_card.c_str(), d.name.c_str());
+    }
     for (const auto& pi : report.peers) {
       if (pi.available) {
         std::fprintf(out, "   %-12s ran: %s%s%s\n", pi.name.c_str(), pi.format.c_str(), pi.version.empty() ? "" : ", ",

@@ -31,7 +31,7 @@ struct Worst {
     }
   }
   std::string detail(const char* what) const {
-    return std::string("worst ") + what + " " + fmt("%.2fx at M=%.0f (limit %.2fx)", ratio, m, limit);
+    return std::string("worst ") + what + " " + fmt("%.3fx at M=%.0f (limit %.2fx)", ratio, m, limit);
   }
 };
 
