@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev
   python3-venv
+  clang libclang-rt-dev  # libFuzzer targets of qmm model's parsers (fuzz/, ctest label fuzz)
 )
 
 missing=()
