@@ -150,7 +150,7 @@ def peer_cublas(torch, timer, shapes, ms, bits, group):
     results = []
     for k, n in shapes:
         w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
-        copies = timer.copies(w.numel() * 2) if w.numel() * 2 < 4 * timer.l2 else 1
+        copies = max(1, math.ceil(4 * timer.l2 / (w.numel() * 2)))  # as qmm bench's dense rows
         ws = [w.clone() for _ in range(copies)]
         x_all = torch.randn(max(ms), k, device="cuda", dtype=torch.float16)
         for m in ms:
@@ -195,8 +195,12 @@ def peer_gemlite(torch, timer, shapes, ms, bits, group):
 
 def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
     import mlx.core as mx
-    if not mx.cuda.is_available():
-        raise RuntimeError("mlx imported but mx.cuda.is_available() is False (mlx-cuda missing?)")
+    try:
+        on_gpu = mx.cuda.is_available()
+    except AttributeError:
+        on_gpu = mx.default_device().type == mx.DeviceType.gpu
+    if not on_gpu:
+        raise RuntimeError("mlx imported but its CUDA backend is not available (mlx-cuda-13 missing?)")
     mx.set_default_device(mx.gpu)
     info = {"format": f"MLX affine {bits}-bit g{group}, fp16 scales and biases, fp16 activations",
             "version": "mlx " + mx.__version__,
