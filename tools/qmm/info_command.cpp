@@ -1,5 +1,6 @@
 // `qmm info`: the devices qmm sees, their measured read bandwidth, the kernel configurations and
 // the build's configuration.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -51,8 +52,9 @@ void run(const InfoOptions& o) {
                         {"kernels", kernel_names(Device::cpu(), "quantized_matmul")}};
     if (!o.no_probe) {
       bench::cpu::Pool pool;
-      // 4x the last-level cache and at least 256 MB so the passes come from memory.
-      const std::size_t bytes = std::max<std::size_t>(std::size_t{256} << 20, 4 * static_cast<std::size_t>(d.l2_bytes));
+      // 4x the last-level cache, 256 MB to 1 GB, so the passes come from memory (as qmm bench).
+      const std::size_t bytes = std::min<std::size_t>(
+          std::size_t{1} << 30, std::max<std::size_t>(std::size_t{256} << 20, 4 * static_cast<std::size_t>(d.l2_bytes)));
       j["read_gbs"] = bench::cpu::measure_read_bandwidth(pool, bytes, 10);
     }
     devices.push_back(j);
