@@ -45,12 +45,12 @@ constexpr int kMmaRowsPerBlock = 128;
 constexpr int kMmaSegment = 128;
 constexpr int kMmaThreads = 128;
 
-/// Resident qmv_mma blocks per SM the kernel is compiled for. Two 128-thread blocks leave each
-/// thread up to 255 registers: measured on H100, a 128-register cap (four blocks) made the
-/// compiler recompute addresses and reuse the MMA operand registers, which serialised the
-/// dequantize/MMA chains (bench/NOTES.md, v3). The same count for every token tile keeps the
-/// stream-K split, and so every output bit, independent of M.
-constexpr int mma_blocks_per_sm(int /*token_tiles*/) { return 2; }
+/// Resident qmv_mma blocks per SM the kernel is compiled for: four 128-thread blocks (16 warps)
+/// while the accumulators are small, two for 32 and 64 tokens so they fit in registers.
+/// Measured on H100 (bench/NOTES.md): two blocks with 255 registers each lost to four blocks
+/// with 128, so warps beat registers here. Token tiles 1 and 2 share the count, so the
+/// stream-K split, and with it every output bit, is the same for M = 1..16.
+constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 4 : 2; }
 
 /// Names of every configuration `CallOptions::kernel` accepts on CUDA.
 std::vector<std::string> kernel_names();

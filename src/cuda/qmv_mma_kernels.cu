@@ -95,33 +95,14 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   }
 }
 
-/// Segments of x staged in shared memory at a time: 16-32 KB per block, so four blocks fit.
-constexpr int x_chunk_segments(int token_tiles) { return token_tiles <= 2 ? 8 : 8 / token_tiles; }
-/// uint4 (8 values) per token row of the staged x, padded by one to spread banks.
-constexpr int x_row_stride(int token_tiles) { return x_chunk_segments(token_tiles) * (kMmaSegment / 8) + 1; }
-constexpr int x_smem_bytes(int token_tiles) { return 8 * token_tiles * x_row_stride(token_tiles) * 16; }
-
-/// Stages x[0 .. 8*TokenTiles) x [cs*128, ce*128) into shared memory (zeros past M and K), so
-/// the B fragments of every segment come from shared memory instead of a dependent L2 load.
-template <typename T, int TokenTiles>
-__device__ __forceinline__ void stage_x(uint4* xs, const MmaParams& p, int cs, int ce) {
-  const T* x = static_cast<const T*>(p.x);
-  const int per_row = (ce - cs) * (kMmaSegment / 8);
-  const int total = 8 * TokenTiles * per_row;
-  for (int i = threadIdx.x; i < total; i += kMmaThreads) {
-    const int m = i / per_row;
-    const int j = i % per_row;
-    const int k = cs * kMmaSegment + 8 * j;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (m < p.M && k < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k));
-    xs[m * x_row_stride(TokenTiles) + j] = v;
-  }
-}
-
-/// MMAs of one 128-value segment; `local` is the segment's index inside the staged x chunk.
+/// MMAs of one 128-value segment. x is read straight from global memory (it is small and hot in
+/// L1/L2): staging it in shared memory per chunk of segments measured slower (bench/NOTES.md).
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
-                                                const uint4* xs, int local, int c, int token) {
+                                                const MmaParams& p, int seg, int c, int token) {
+  const int k_chunk = seg * kMmaSegment + 32 * c;
+  const bool valid = k_chunk < p.K;
+  const T* x = static_cast<const T*>(p.x);
   // In a register, so the 4-bit path merges mask and magic into one LOP3.
   const std::uint32_t magic = mma::pair_magic<T, Bits>();
 #pragma unroll
@@ -130,7 +111,11 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
     std::uint32_t bx[TokenTiles][4];
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t) {
-      const uint4 X = xs[(t * 8 + token) * x_row_stride(TokenTiles) + local * (kMmaSegment / 8) + 4 * c + pair];
+      const int m = t * 8 + token;
+      uint4 X = make_uint4(0, 0, 0, 0);
+      if (valid && m < p.M) {
+        X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k_chunk + 8 * pair));
+      }
       bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
       bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
       bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
@@ -179,7 +164,6 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_blocks_per_sm(
     qmv_mma_kernel(const MmaParams p) {
   constexpr int kFragmentFloats = kMmaThreads * 2 * TokenTiles * 4;
   __shared__ int s_is_last;
-  __shared__ uint4 xs[x_smem_bytes(TokenTiles) / 16];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
@@ -216,20 +200,14 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_blocks_per_sm(
         for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
 
     // Register double buffer: the next segment's weight loads are in flight while this one
-    // computes; x comes from shared memory, staged a chunk of segments at a time.
+    // computes.
     SegmentLoad<T, Bits> current;
     load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
-    for (int cs = s0; cs < s1; cs += x_chunk_segments(TokenTiles)) {
-      const int ce = min(s1, cs + x_chunk_segments(TokenTiles));
-      __syncthreads();  // every warp is done with the previous chunk
-      stage_x<T, TokenTiles>(xs, p, cs, ce);
-      __syncthreads();
-      for (int seg = cs; seg < ce; ++seg) {
-        SegmentLoad<T, Bits> next;
-        if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
-        compute_segment<T, Bits, TokenTiles>(acc, current, xs, seg - cs, c, row_in_8);
-        if (seg + 1 < s1) current = next;
-      }
+    for (int seg = s0; seg < s1; ++seg) {
+      SegmentLoad<T, Bits> next;
+      if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+      compute_segment<T, Bits, TokenTiles>(acc, current, p, seg, c, row_in_8);
+      if (seg + 1 < s1) current = next;
     }
 
     if (s0 == 0 && s1 == p.segments) {
