@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "src/cpu/production.h"
@@ -41,9 +43,6 @@ namespace qmm::detail::cpu_production {
 namespace {
 
 // ---- common pieces --------------------------------------------------------------------------
-
-/// x (or any float tensor) as float32, converted once.
-void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* dst);
 
 /// The float32 view of one slice of scales or biases: the data itself for float32, else `buf`
 /// filled with the converted values.
@@ -76,6 +75,14 @@ void store_floats(void* out, Dtype dtype, std::int64_t first, const float* v, st
       break;
   }
   for (std::int64_t i = 0; i < count; ++i) cpu::store(out, dtype, first + i, v[i]);
+}
+
+struct AlignedDelete {
+  void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+};
+/// Uninitialised floats on a 64-byte (cache line, zmm) boundary.
+float* aligned_floats(std::int64_t count) {
+  return static_cast<float*>(::operator new[](static_cast<std::size_t>(count) * sizeof(float), std::align_val_t{64}));
 }
 
 /// Splits `total` rows into `parts` chunks as equal as possible; chunk c is [begin, end).
@@ -166,7 +173,7 @@ inline float dot(const float* a, const float* b, std::int64_t n) {
 
 /// transpose=true: a thread dequantizes 4 weight rows x 512 k at a time into an L1 buffer and
 /// takes the dot products with every row of x.
-void portable_transposed(const MatmulProblem& p, const float* x) {
+void portable_transposed(const MatmulProblem& p, const float* x, std::int64_t ldx) {
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
   const std::int64_t words = format::packed_words(K, w.bits), groups = K / w.group_size;
@@ -187,7 +194,7 @@ void portable_transposed(const MatmulProblem& p, const float* x) {
           deq(w.w_q + (n0 + r) * words, k0, span, w.group_size, s + r * groups, b + r * groups, &wbuf[r * kSpan]);
         }
         for (std::int64_t m = 0; m < M; ++m) {
-          for (std::int64_t r = 0; r < rows; ++r) acc[m * kRows + r] += dot(&wbuf[r * kSpan], x + m * K + k0, span);
+          for (std::int64_t r = 0; r < rows; ++r) acc[m * kRows + r] += dot(&wbuf[r * kSpan], x + m * ldx + k0, span);
         }
       }
       for (std::int64_t m = 0; m < M; ++m) store_floats(p.out, p.out_dtype, m * N + n0, &acc[m * kRows], rows);
@@ -197,7 +204,7 @@ void portable_transposed(const MatmulProblem& p, const float* x) {
 
 /// transpose=false: a thread owns whole groups of columns; it dequantizes a block of 32 rows of
 /// W into an L1 buffer and adds x[m, k] * W[k, :] to every row's accumulators.
-void portable_plain(const MatmulProblem& p, const float* x) {
+void portable_plain(const MatmulProblem& p, const float* x, std::int64_t ldx) {
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
   const std::int64_t words = format::packed_words(N, w.bits), groups = N / w.group_size;
@@ -221,7 +228,7 @@ void portable_plain(const MatmulProblem& p, const float* x) {
         for (std::int64_t m = 0; m < M; ++m) {
           float* a = &acc[m * kWidth];
           for (std::int64_t r = 0; r < rows; ++r) {
-            const float xv = x[m * K + k0 + r];
+            const float xv = x[m * ldx + k0 + r];
             const float* wr = &wbuf[r * kWidth];
             for (std::int64_t i = 0; i < width; ++i) a[i] += xv * wr[i];
           }
@@ -374,16 +381,123 @@ template <>
 struct DecoderFor<8> {
   using type = WideDecoder;
 };
+/// Decodes 16 consecutive elements (transpose=false: 16 output columns of a row of W).
 template <int Bits>
-using Decoder = typename DecoderFor<Bits>::type;
+using ConsecutiveDecoder = typename DecoderFor<Bits>::type;
+
+/// transpose=true, 2 and 4 bits: a group at a time, in a permuted order of k.
+///
+/// A group of g elements is D = g * Bits / 32 words, E = 32 / Bits elements each. The words are
+/// loaded once and replicated R = 16 / D times across the 16 lanes; lane l = r * D + j holds
+/// word j pre-shifted right by Bits * r. The group's vector v is then, in lane l, element
+/// E * j + v * R + r in its low bits, and one shift by Bits * R moves every lane to vector v + 1.
+/// vpermps reads a lane's low 4 bits as an index into the group's 16-entry table of s * q + b,
+/// so decoding costs one shift (which runs beside the FMAs) and one vpermps per 16 weights. x
+/// is permuted the same way once per call (group_permutation), so every product pairs up.
+template <int Bits>
+struct GroupTableDecoder {
+  static_assert(Bits == 2 || Bits == 4, "16-entry tables need at most 4 bits");
+  int words;         // D
+  __m512i base;      // lane l: Bits * r
+  __m512i step;      // Bits * R in every lane (a per-lane shift: shifts by an xmm count compete with FMAs on Zen 4)
+  __m512 levels;     // table entry v: q = v mod 2^Bits (the index's upper bits belong to other elements)
+  QMM_AVX512 explicit GroupTableDecoder(int group_size) : words(group_size * Bits / 32) {
+    const int replicas = 16 / words;
+    alignas(64) std::int32_t sh[16];
+    alignas(64) float l[16];
+    for (int i = 0; i < 16; ++i) {
+      sh[i] = Bits * (i / words);
+      l[i] = static_cast<float>(i & ((1 << Bits) - 1));
+    }
+    base = _mm512_load_si512(sh);
+    step = _mm512_set1_epi32(Bits * replicas);
+    levels = _mm512_load_ps(l);
+  }
+  /// Position p = v * 16 + l of a permuted group holds element perm(p) of the group.
+  static int element_at(int group_size, int p) {
+    const int words = group_size * Bits / 32, replicas = 16 / words, per_word = 32 / Bits;
+    const int v = p / 16, l = p % 16;
+    return per_word * (l % words) + v * replicas + l / words;
+  }
+  struct State {
+    __m512i data;
+    __m512 table;
+  };
+  QMM_AVX512 State start(const std::uint32_t* row, std::int64_t first, float s, float b) const {
+    const std::uint32_t* w = row + first * Bits / 32;
+    __m512i v;
+    switch (words) {
+      case 2: {
+        long long q;
+        std::memcpy(&q, w, 8);
+        v = _mm512_set1_epi64(q);
+        break;
+      }
+      case 4:
+        v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+        break;
+      case 8:
+        v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+        break;
+      default:
+        v = _mm512_loadu_si512(w);
+        break;
+    }
+    return {_mm512_srlv_epi32(v, base), _mm512_fmadd_ps(levels, _mm512_set1_ps(s), _mm512_set1_ps(b))};
+  }
+  QMM_AVX512 __m512 next(State& st) const {
+    const __m512 w = _mm512_permutexvar_ps(st.data, st.table);
+    st.data = _mm512_srlv_epi32(st.data, step);
+    return w;
+  }
+};
+
+/// transpose=true, 3, 5, 6 and 8 bits: 16 consecutive elements at a time, k in order.
+template <int Bits>
+struct StreamDecoder {
+  ConsecutiveDecoder<Bits> dec;
+  QMM_AVX512 explicit StreamDecoder(int) {}
+  static int element_at(int, int p) { return p; }
+  struct State {
+    const std::uint32_t* row;
+    std::int64_t element;
+    typename ConsecutiveDecoder<Bits>::Params params;
+  };
+  QMM_AVX512 State start(const std::uint32_t* row, std::int64_t first, float s, float b) const {
+    return {row, first, dec.params(s, b)};
+  }
+  QMM_AVX512 __m512 next(State& st) const {
+    const __m512 w = dec.decode(st.row, st.element, st.params);
+    st.element += 16;
+    return w;
+  }
+};
+
+template <int Bits>
+struct TransposedDecoderFor {
+  using type = StreamDecoder<Bits>;
+};
+template <>
+struct TransposedDecoderFor<2> {
+  using type = GroupTableDecoder<2>;
+};
+template <>
+struct TransposedDecoderFor<4> {
+  using type = GroupTableDecoder<4>;
+};
+template <int Bits>
+using TransposedDecoder = typename TransposedDecoderFor<Bits>::type;
 
 /// transpose=true micro-kernel: NT weight rows x MT rows of x over all of K.
 ///   w_rows[r]: packed row r of the tile; s, b: its float32 scales and biases (row stride
-///   `groups`); x: MT rows of stride K; result[m * NT + r] = sum_k x[m, k] * w[r, k].
+///   `groups`); x: MT rows of stride ldx (permuted within groups as the decoder wants);
+///   result[m * NT + r] = sum_k x[m, k] * w[r, k].
+/// x comes from L1/L2 (K x MT floats, 64-byte aligned rows); each decoded vector of 16 weights
+/// meets the MT rows in registers.
 template <int Bits, int MT, int NT>
-QMM_AVX512 void transposed_tile(const Decoder<Bits>& dec, const std::uint32_t* const* w_rows, const float* s,
-                                const float* b, std::int64_t groups, int group_size, const float* x,
-                                std::int64_t K, float* result) {
+QMM_AVX512 void transposed_tile(const TransposedDecoder<Bits>& dec, const std::uint32_t* const* w_rows,
+                                const float* s, const float* b, std::int64_t groups, int group_size,
+                                const float* x, std::int64_t ldx, float* result) {
   __m512 acc[NT][MT];
 #pragma GCC unroll 8
   for (int r = 0; r < NT; ++r) {
@@ -391,17 +505,17 @@ QMM_AVX512 void transposed_tile(const Decoder<Bits>& dec, const std::uint32_t* c
     for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_setzero_ps();
   }
   for (std::int64_t gi = 0; gi < groups; ++gi) {
-    typename Decoder<Bits>::Params params[NT];
+    const std::int64_t k_begin = gi * group_size, k_end = k_begin + group_size;
+    typename TransposedDecoder<Bits>::State state[NT];
 #pragma GCC unroll 8
-    for (int r = 0; r < NT; ++r) params[r] = dec.params(s[r * groups + gi], b[r * groups + gi]);
-    const std::int64_t k_end = (gi + 1) * group_size;
-    for (std::int64_t k = gi * group_size; k < k_end; k += 16) {
+    for (int r = 0; r < NT; ++r) state[r] = dec.start(w_rows[r], k_begin, s[r * groups + gi], b[r * groups + gi]);
+    for (std::int64_t k = k_begin; k < k_end; k += 16) {
       __m512 wv[NT];
 #pragma GCC unroll 8
-      for (int r = 0; r < NT; ++r) wv[r] = dec.decode(w_rows[r], k, params[r]);
+      for (int r = 0; r < NT; ++r) wv[r] = dec.next(state[r]);
 #pragma GCC unroll 8
       for (int m = 0; m < MT; ++m) {
-        const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+        const __m512 xv = _mm512_load_ps(x + m * ldx + k);
 #pragma GCC unroll 8
         for (int r = 0; r < NT; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
       }
@@ -414,13 +528,13 @@ QMM_AVX512 void transposed_tile(const Decoder<Bits>& dec, const std::uint32_t* c
   }
 }
 
-template <int Bits, int NT>
-using TransposedTileFn = void (*)(const Decoder<Bits>&, const std::uint32_t* const*, const float*, const float*,
-                                  std::int64_t, int, const float*, std::int64_t, float*);
+template <int Bits>
+using TransposedTileFn = void (*)(const TransposedDecoder<Bits>&, const std::uint32_t* const*, const float*,
+                                  const float*, std::int64_t, int, const float*, std::int64_t, float*);
 
-/// The micro-kernel for `mt` rows of x (1..kMaxRows).
+/// The micro-kernel for `mt` rows of x (1..kMaxRows) and NT weight rows.
 template <int Bits, int NT, int kMaxRows>
-TransposedTileFn<Bits, NT> transposed_tile_for(int mt) {
+TransposedTileFn<Bits> transposed_tile_for(int mt) {
   static_assert(kMaxRows >= 1 && kMaxRows <= 8, "");
   switch (mt) {
     case 1: return &transposed_tile<Bits, 1, NT>;
@@ -435,59 +549,65 @@ TransposedTileFn<Bits, NT> transposed_tile_for(int mt) {
   return nullptr;
 }
 
-/// transpose=true for one bit width. M is cut into chunks of at most kMaxRows rows of x; each
-/// tile of NT weight rows runs every chunk back to back, so after the first chunk its weights
-/// come from L1/L2 and DRAM sees them once.
+/// transpose=true for one bit width and tile shape, weight-row tiles [t0, t1) (one thread's
+/// share). M is cut into chunks of at most kMaxRows rows of x; a tile runs every chunk back to
+/// back, so after the first chunk its weights (NT x K * Bits / 8 bytes) come from L1/L2 and DRAM
+/// sees them once.
 template <int Bits, int NT, int kMaxRows>
-QMM_AVX512 void avx512_transposed_rows(const MatmulProblem& p, const float* x) {
+QMM_AVX512 void avx512_transposed_tiles(const MatmulProblem& p, const float* x, std::int64_t ldx,
+                                        std::int64_t t0, std::int64_t t1) {
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
   const std::int64_t words = format::packed_words(K, Bits), groups = K / w.group_size;
-  const Chunks chunks{M, (M + kMaxRows - 1) / kMaxRows};
-  const std::int64_t tiles = (N + NT - 1) / NT;
-  const Decoder<Bits> dec;
-  cpu::parallel_for(tiles, 8, [&](std::int64_t t0, std::int64_t t1) {
-    std::vector<float> sbuf, bbuf, out(static_cast<std::size_t>(kMaxRows * NT));
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
-      // A partial last tile repeats its last row; those results are dropped.
-      const std::uint32_t* w_rows[NT];
-      for (int r = 0; r < NT; ++r) w_rows[r] = w.w_q + (n0 + std::min<std::int64_t>(r, rows - 1)) * words;
-      const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
-      const float* b = scales_as_float(w.biases, w.dtype, n0 * groups, rows * groups, bbuf);
-      std::vector<float> sp, bp;
-      if (rows < NT) {  // pad the scales the same way
-        sp.assign(s, s + rows * groups);
-        bp.assign(b, b + rows * groups);
-        for (std::int64_t r = rows; r < NT; ++r) {
-          sp.insert(sp.end(), s + (rows - 1) * groups, s + rows * groups);
-          bp.insert(bp.end(), b + (rows - 1) * groups, b + rows * groups);
-        }
-        s = sp.data();
-        b = bp.data();
+  const Chunks m_chunks{M, (M + kMaxRows - 1) / kMaxRows};
+  const TransposedDecoder<Bits> dec(w.group_size);
+  float out[kMaxRows * NT];
+  std::vector<float> sbuf, bbuf, spad, bpad;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
+    const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
+    const float* b = scales_as_float(w.biases, w.dtype, n0 * groups, rows * groups, bbuf);
+    if (rows < NT) {
+      // The partial last tile repeats its last row; those results are dropped.
+      spad.assign(s, s + rows * groups);
+      bpad.assign(b, b + rows * groups);
+      for (std::int64_t r = rows; r < NT; ++r) {
+        spad.insert(spad.end(), s + (rows - 1) * groups, s + rows * groups);
+        bpad.insert(bpad.end(), b + (rows - 1) * groups, b + rows * groups);
       }
-      for (std::int64_t c = 0; c < chunks.parts; ++c) {
-        const std::int64_t m0 = chunks.begin(c), mt = chunks.end(c) - m0;
-        transposed_tile_for<Bits, NT, kMaxRows>(static_cast<int>(mt))(dec, w_rows, s, b, groups, w.group_size,
-                                                                       x + m0 * K, K, out.data());
-        for (std::int64_t m = 0; m < mt; ++m) {
-          store_floats(p.out, p.out_dtype, (m0 + m) * N + n0, &out[static_cast<std::size_t>(m * NT)], rows);
-        }
-      }
+      s = spad.data();
+      b = bpad.data();
     }
+    const std::uint32_t* w_rows[NT];
+    for (int r = 0; r < NT; ++r) w_rows[r] = w.w_q + (n0 + std::min<std::int64_t>(r, rows - 1)) * words;
+    for (std::int64_t c = 0; c < m_chunks.parts; ++c) {
+      const std::int64_t m0 = m_chunks.begin(c), mt = m_chunks.end(c) - m0;
+      transposed_tile_for<Bits, NT, kMaxRows>(static_cast<int>(mt))(dec, w_rows, s, b, groups, w.group_size,
+                                                                     x + m0 * ldx, ldx, out);
+      for (std::int64_t m = 0; m < mt; ++m) store_floats(p.out, p.out_dtype, (m0 + m) * N + n0, out + m * NT, rows);
+    }
+  }
+}
+
+template <int Bits, int NT, int kMaxRows>
+void avx512_transposed_shape(const MatmulProblem& p, const float* x, std::int64_t ldx) {
+  const std::int64_t tiles = (p.N + NT - 1) / NT;
+  cpu::parallel_for(tiles, 4, [&](std::int64_t t0, std::int64_t t1) {
+    avx512_transposed_tiles<Bits, NT, kMaxRows>(p, x, ldx, t0, t1);
   });
 }
 
 /// Picks the tile shape for M: few rows of x leave registers for more weight rows in flight
-/// (NT * MT accumulators plus NT decoded vectors must fit the 32 zmm registers).
+/// (NT * MT accumulators, NT decoder states and NT decoded vectors share the 32 zmm registers).
+
 template <int Bits>
-void avx512_transposed(const MatmulProblem& p, const float* x) {
+void avx512_transposed(const MatmulProblem& p, const float* x, std::int64_t ldx) {
   if constexpr (Bits == 4) {
-    if (p.M <= 4) return avx512_transposed_rows<Bits, 4, 4>(p, x);
-    if (p.M <= 6) return avx512_transposed_rows<Bits, 3, 6>(p, x);
-    return avx512_transposed_rows<Bits, 2, 8>(p, x);
+    if (p.M <= 4) return avx512_transposed_shape<Bits, 4, 4>(p, x, ldx);
+    if (p.M <= 6) return avx512_transposed_shape<Bits, 3, 6>(p, x, ldx);
+    return avx512_transposed_shape<Bits, 2, 8>(p, x, ldx);
   } else {
-    return avx512_transposed_rows<Bits, 2, 4>(p, x);
+    return avx512_transposed_shape<Bits, 2, 4>(p, x, ldx);
   }
 }
 
@@ -495,7 +615,7 @@ void avx512_transposed(const MatmulProblem& p, const float* x) {
 /// accumulators acc[m][0:128] of MT rows of x (acc in memory between blocks, in registers
 /// within one).
 template <int MT>
-QMM_AVX512 void plain_block(const float* wbuf, std::int64_t rows, const float* x, std::int64_t K, float* acc) {
+QMM_AVX512 void plain_block(const float* wbuf, std::int64_t rows, const float* x, std::int64_t ldx, float* acc) {
   constexpr int kVectors = 8;
   __m512 a[MT][kVectors];
 #pragma GCC unroll 8
@@ -506,7 +626,7 @@ QMM_AVX512 void plain_block(const float* wbuf, std::int64_t rows, const float* x
   for (std::int64_t r = 0; r < rows; ++r) {
     __m512 xb[MT];
 #pragma GCC unroll 8
-    for (int m = 0; m < MT; ++m) xb[m] = _mm512_set1_ps(x[m * K + r]);
+    for (int m = 0; m < MT; ++m) xb[m] = _mm512_set1_ps(x[m * ldx + r]);
 #pragma GCC unroll 8
     for (int j = 0; j < kVectors; ++j) {
       const __m512 wv = _mm512_loadu_ps(wbuf + r * 16 * kVectors + 16 * j);
@@ -523,12 +643,13 @@ QMM_AVX512 void plain_block(const float* wbuf, std::int64_t rows, const float* x
 
 /// transpose=false for output-column tiles [t0, t1) of 128 columns.
 template <int Bits>
-QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::int64_t t0, std::int64_t t1) {
+QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::int64_t ldx, std::int64_t t0,
+                                   std::int64_t t1) {
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
   const std::int64_t words = format::packed_words(N, Bits), groups = N / w.group_size;
   constexpr std::int64_t kWidth = 128, kBlock = 32, kMaxRows = 3;
-  const Decoder<Bits> dec;
+  const ConsecutiveDecoder<Bits> dec;
   std::vector<float> wbuf(static_cast<std::size_t>(kBlock * kWidth)), acc(static_cast<std::size_t>(M * kWidth));
   std::vector<float> sbuf, bbuf;
   for (std::int64_t t = t0; t < t1; ++t) {
@@ -543,7 +664,7 @@ QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::
         const std::uint32_t* row = w.w_q + k * words;
         const float* s = scales_as_float(w.scales, w.dtype, k * groups + c0 / w.group_size, tile_groups, sbuf);
         const float* b = scales_as_float(w.biases, w.dtype, k * groups + c0 / w.group_size, tile_groups, bbuf);
-        typename Decoder<Bits>::Params g{};
+        typename ConsecutiveDecoder<Bits>::Params g{};
         for (std::int64_t j = 0; j < width; j += 16) {
           if (j % w.group_size == 0) g = dec.params(s[j / w.group_size], b[j / w.group_size]);
           _mm512_storeu_ps(&wbuf[static_cast<std::size_t>(r * kWidth + j)], dec.decode(row, c0 + j, g));
@@ -551,14 +672,14 @@ QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::
       }
       for (std::int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
         const std::int64_t mt = std::min(kMaxRows, M - m0);
-        const float* xm = x + m0 * K + k0;
+        const float* xm = x + m0 * ldx + k0;
         float* am = &acc[static_cast<std::size_t>(m0 * kWidth)];
         if (mt == 3) {
-          plain_block<3>(wbuf.data(), rows, xm, K, am);
+          plain_block<3>(wbuf.data(), rows, xm, ldx, am);
         } else if (mt == 2) {
-          plain_block<2>(wbuf.data(), rows, xm, K, am);
+          plain_block<2>(wbuf.data(), rows, xm, ldx, am);
         } else {
-          plain_block<1>(wbuf.data(), rows, xm, K, am);
+          plain_block<1>(wbuf.data(), rows, xm, ldx, am);
         }
       }
     }
@@ -569,32 +690,49 @@ QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::
 }
 
 template <int Bits>
-void avx512_plain(const MatmulProblem& p, const float* x) {
+void avx512_plain(const MatmulProblem& p, const float* x, std::int64_t ldx) {
   const std::int64_t tiles = (p.N + 127) / 128;
-  cpu::parallel_for(tiles, 1, [&](std::int64_t t0, std::int64_t t1) { avx512_plain_tiles<Bits>(p, x, t0, t1); });
+  cpu::parallel_for(tiles, 1, [&](std::int64_t t0, std::int64_t t1) { avx512_plain_tiles<Bits>(p, x, ldx, t0, t1); });
 }
 
 template <int Bits>
-void avx512_matmul(const MatmulProblem& p, const float* x) {
+void avx512_matmul(const MatmulProblem& p, const float* x, std::int64_t ldx) {
   if (p.transpose) {
-    avx512_transposed<Bits>(p, x);
+    avx512_transposed<Bits>(p, x, ldx);
   } else {
-    avx512_plain<Bits>(p, x);
+    avx512_plain<Bits>(p, x, ldx);
   }
 }
 
-void avx512_dispatch(const MatmulProblem& p, const float* x) {
+/// Where the AVX-512 path wants x permuted within each group (see GroupTableDecoder): position
+/// p of a permuted group holds the group's element perm[p]. Empty: x in order.
+std::vector<int> avx512_x_permutation(const MatmulProblem& p) {
+  std::vector<int> perm;
+  if (!p.transpose || (p.w.bits != 2 && p.w.bits != 4)) return perm;
+  perm.resize(static_cast<std::size_t>(p.w.group_size));
+  for (int i = 0; i < p.w.group_size; ++i) {
+    perm[static_cast<std::size_t>(i)] = p.w.bits == 4 ? GroupTableDecoder<4>::element_at(p.w.group_size, i)
+                                                      : GroupTableDecoder<2>::element_at(p.w.group_size, i);
+  }
+  return perm;
+}
+
+void avx512_dispatch(const MatmulProblem& p, const float* x, std::int64_t ldx) {
   switch (p.w.bits) {
-    case 2: return avx512_matmul<2>(p, x);
-    case 3: return avx512_matmul<3>(p, x);
-    case 4: return avx512_matmul<4>(p, x);
-    case 5: return avx512_matmul<5>(p, x);
-    case 6: return avx512_matmul<6>(p, x);
-    default: return avx512_matmul<8>(p, x);
+    case 2: return avx512_matmul<2>(p, x, ldx);
+    case 3: return avx512_matmul<3>(p, x, ldx);
+    case 4: return avx512_matmul<4>(p, x, ldx);
+    case 5: return avx512_matmul<5>(p, x, ldx);
+    case 6: return avx512_matmul<6>(p, x, ldx);
+    default: return avx512_matmul<8>(p, x, ldx);
   }
 }
 #pragma GCC diagnostic pop
 #endif  // QMM_CPU_X86
+
+}  // namespace
+
+bool cpu_has_avx512() { return selected_isa() == Isa::avx512; }
 
 void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* dst) {
   if (dtype == Dtype::float32) {
@@ -607,30 +745,46 @@ void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* d
   for (std::int64_t i = 0; i < count; ++i) dst[i] = cpu::load(src, dtype, i);
 }
 
-}  // namespace
-
 void quantized_matmul(const MatmulProblem& p) {
   if (p.M == 0 || p.N == 0) return;
-  // x as float32: the caller's memory for float32, else converted once.
-  std::vector<float> x_buf;
-  const float* x = static_cast<const float*>(p.x);
-  if (p.x_dtype != Dtype::float32) {
-    x_buf.resize(static_cast<std::size_t>(p.M * p.K));
-    convert_to_float(p.x, p.x_dtype, p.M * p.K, x_buf.data());
-    x = x_buf.data();
-  }
   if (p.K == 0) {
     const std::vector<float> zeros(static_cast<std::size_t>(p.N), 0.0f);
     for (std::int64_t m = 0; m < p.M; ++m) store_floats(p.out, p.out_dtype, m * p.N, zeros.data(), p.N);
     return;
   }
+  const Isa isa = selected_isa();
+  std::vector<int> perm;
 #if defined(QMM_CPU_X86)
-  if (selected_isa() == Isa::avx512) return avx512_dispatch(p, x);
+  if (isa == Isa::avx512) perm = avx512_x_permutation(p);
+#endif
+  // x as float32, converted (or copied) once, 64-byte aligned, with rows 64 bytes longer than K:
+  // rows whose stride is a multiple of 4 KiB (K = 5120 floats is 20 KiB) all fall into the same
+  // L1 sets, and eight of them evict each other.
+  const std::int64_t ldx = p.K + 16;
+  const std::unique_ptr<float[], AlignedDelete> x_buf(aligned_floats(p.M * ldx));
+  std::vector<float> row(perm.empty() ? 0 : static_cast<std::size_t>(p.K));
+  const std::size_t x_item = itemsize(p.x_dtype);
+  for (std::int64_t m = 0; m < p.M; ++m) {
+    const void* src = static_cast<const char*>(p.x) + static_cast<std::size_t>(m * p.K) * x_item;
+    float* dst = x_buf.get() + m * ldx;
+    if (perm.empty()) {
+      convert_to_float(src, p.x_dtype, p.K, dst);
+      continue;
+    }
+    convert_to_float(src, p.x_dtype, p.K, row.data());
+    const std::int64_t g = p.w.group_size;
+    for (std::int64_t k0 = 0; k0 < p.K; k0 += g) {
+      for (std::int64_t i = 0; i < g; ++i) dst[k0 + i] = row[static_cast<std::size_t>(k0 + perm[static_cast<std::size_t>(i)])];
+    }
+  }
+  const float* x = x_buf.get();
+#if defined(QMM_CPU_X86)
+  if (isa == Isa::avx512) return avx512_dispatch(p, x, ldx);
 #endif
   if (p.transpose) {
-    portable_transposed(p, x);
+    portable_transposed(p, x, ldx);
   } else {
-    portable_plain(p, x);
+    portable_plain(p, x, ldx);
   }
 }
 

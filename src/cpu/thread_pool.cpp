@@ -1,6 +1,8 @@
 #include "src/cpu/thread_pool.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -8,8 +10,22 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define QMM_CPU_RELAX() _mm_pause()
+#else
+#define QMM_CPU_RELAX() std::this_thread::yield()
+#endif
+
 namespace qmm::cpu {
 namespace {
+
+/// How long a thread spins before it blocks: a worker waiting for the next parallel region, and
+/// the caller waiting for the workers to finish. Calls come back to back in a decoder (one per
+/// linear layer, tens of microseconds to milliseconds each), so a short spin turns the wake-up
+/// (a futex round trip, ~5 us) into a cache-line handoff; past it, the threads sleep and leave
+/// the cores to others.
+constexpr std::chrono::microseconds kSpin{50};
 
 class Pool {
  public:
@@ -19,7 +35,7 @@ class Pool {
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -28,22 +44,36 @@ class Pool {
 
   void run(const std::function<void(int)>& task) {
     std::lock_guard<std::mutex> call_lock(call_mu_);  // one parallel region at a time
+    task_ = &task;
+    error_ = nullptr;
+    pending_.store(size_ - 1, std::memory_order_relaxed);
     {
+      // Under the mutex, so a worker that is about to block sees either the new generation or
+      // the notification.
       std::lock_guard<std::mutex> lock(mu_);
-      task_ = &task;
-      pending_ = size_ - 1;
-      error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
-    cv_.notify_all();
+    if (sleepers_.load() > 0) cv_.notify_all();
     run_one(0);
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     task_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
+  template <typename Ready>
+  static bool spin_until(Ready ready) {
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+    for (int i = 1;; ++i) {
+      if (ready()) return true;
+      QMM_CPU_RELAX();
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return ready();
+    }
+  }
+
   void run_one(int index) {
     try {
       (*task_)(index);
@@ -52,19 +82,23 @@ class Pool {
       if (!error_) error_ = std::current_exception();
     }
   }
+
   void loop(int index) {
     std::uint64_t seen = 0;
     for (;;) {
-      {
+      auto fresh = [&] { return stop_.load() || generation_.load(std::memory_order_acquire) != seen; };
+      if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
+        ++sleepers_;
+        cv_.wait(lock, fresh);
+        --sleepers_;
       }
+      if (stop_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
       run_one(index);
-      {
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (--pending_ == 0) done_cv_.notify_one();
+        done_cv_.notify_one();
       }
     }
   }
@@ -76,10 +110,13 @@ class Pool {
   std::condition_variable cv_;
   std::condition_variable done_cv_;
   const std::function<void(int)>* task_ = nullptr;
-  int pending_ = 0;
-  std::uint64_t generation_ = 0;
-  bool stop_ = false;
   std::exception_ptr error_;
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  // Written by the caller and polled by spinning workers, or decremented by every worker: each
+  // on its own cache line.
+  alignas(64) std::atomic<std::uint64_t> generation_{0};
+  alignas(64) std::atomic<int> pending_{0};
 };
 
 int configured_threads() {
@@ -102,22 +139,25 @@ int num_threads() { return pool().size(); }
 void parallel_for(std::int64_t n, std::int64_t grain, const std::function<void(std::int64_t, std::int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<std::int64_t>(1, grain);
-  const std::int64_t chunks = (n + grain - 1) / grain;
-  const int workers = static_cast<int>(std::min<std::int64_t>(num_threads(), chunks));
+  const std::int64_t grains = (n + grain - 1) / grain;
+  const int workers = static_cast<int>(std::min<std::int64_t>(num_threads(), grains));
   if (workers <= 1) {
     fn(0, n);
     return;
   }
-  // Contiguous ranges of whole grains, as even as possible.
-  const std::int64_t per = chunks / workers;
-  const std::int64_t extra = chunks % workers;
+  // Contiguous chunks of whole grains, about 8 per worker, handed out in order from a shared
+  // counter: each thread streams long runs, and a thread the OS preempts (cores shared with
+  // other work) does not hold up the call, because the others take its remaining chunks.
+  const std::int64_t chunks = std::min<std::int64_t>(grains, 8 * static_cast<std::int64_t>(workers));
+  alignas(64) std::atomic<std::int64_t> next{0};
   pool().run([&](int w) {
     if (w >= workers) return;
-    const std::int64_t c0 = w * per + std::min<std::int64_t>(w, extra);
-    const std::int64_t c1 = c0 + per + (w < extra ? 1 : 0);
-    const std::int64_t b = c0 * grain;
-    const std::int64_t e = std::min(n, c1 * grain);
-    if (b < e) fn(b, e);
+    for (std::int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      const std::int64_t g0 = c * (grains / chunks) + std::min(c, grains % chunks);
+      const std::int64_t g1 = g0 + grains / chunks + (c < grains % chunks ? 1 : 0);
+      fn(g0 * grain, std::min(n, g1 * grain));
+    }
   });
 }
 
