@@ -45,12 +45,16 @@ constexpr int kMmaRowsPerBlock = 128;
 constexpr int kMmaSegment = 128;
 constexpr int kMmaThreads = 128;
 
-/// Resident qmv_mma blocks per SM the kernel is compiled for: four 128-thread blocks (16 warps)
-/// while the accumulators are small, two for 32 and 64 tokens so they fit in registers.
-/// Measured on H100 (bench/NOTES.md): two blocks with 255 registers each lost to four blocks
-/// with 128, so warps beat registers here. Token tiles 1 and 2 share the count, so the
-/// stream-K split, and with it every output bit, is the same for M = 1..16.
-constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 4 : 2; }
+/// Minimum resident qmv_mma blocks per SM each kernel is compiled for (__launch_bounds__): four
+/// 128-thread blocks (128 registers) for one token tile, three (168 registers) for two, two
+/// for 32 and 64 tokens so their accumulators fit. Measured on H100 (bench/NOTES.md): warps
+/// beat registers for one tile; the second tile's extra accumulators and x loads need more.
+constexpr int mma_min_blocks_per_sm(int token_tiles) { return token_tiles == 1 ? 4 : token_tiles == 2 ? 3 : 2; }
+
+/// Stream-K blocks per SM (the grid is this times the SM count, at most one block per item).
+/// One and two token tiles share it, so the split, and with it every output bit, is the same
+/// for M = 1..16; it never exceeds what both can keep resident.
+constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 : 2; }
 
 /// Names of every configuration `CallOptions::kernel` accepts on CUDA.
 std::vector<std::string> kernel_names();

@@ -160,7 +160,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4
 }
 
 template <typename T, int Bits, int TokenTiles>
-__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_blocks_per_sm(TokenTiles))
+__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_kernel(const MmaParams p) {
   constexpr int kFragmentFloats = kMmaThreads * 2 * TokenTiles * 4;
   __shared__ int s_is_last;
