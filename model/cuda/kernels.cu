@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "model/cuda/check.cuh"
 #include "model/cuda/device.h"
@@ -66,6 +67,37 @@ void dispatch(Dtype dtype, const char* what, F&& f) {
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
+// Programmatic dependent launch (Hopper): when on, every kernel here is launched so that it may
+// start while the previous kernel in the stream drains; its first act is to wait for that
+// kernel's results (griddepcontrol.wait, a no-op when launched normally), so the launch latency
+// overlaps the previous kernel's tail.
+bool g_programmatic_launch = false;
+
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <typename... KernelArgs, typename... Args>
+void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream, const char* name,
+            Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  if (g_programmatic_launch) {
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+  }
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (err != cudaSuccess) throw_cuda_error(err, name, __FILE__, __LINE__);
+}
+
 unsigned grid_for(std::int64_t work, int block) {
   const std::int64_t g = (work + block - 1) / block;
   return static_cast<unsigned>(g < 1 ? 1 : (g > 65535 * 8 ? 65535 * 8 : g));
@@ -75,6 +107,7 @@ unsigned grid_for(std::int64_t work, int block) {
 
 template <typename T>
 __global__ void embed_kernel(const std::int32_t* __restrict__ tokens, EmbedTable t, float* __restrict__ h) {
+  wait_for_previous_kernel();
   const int i = blockIdx.x;
   const std::int32_t tok = tokens[i];
   float* out = h + static_cast<std::int64_t>(i) * t.hidden;
@@ -111,6 +144,7 @@ __global__ void embed_kernel(const std::int32_t* __restrict__ tokens, EmbedTable
 template <typename T>
 __global__ void rms_norm_kernel(const float* __restrict__ h, const float* __restrict__ w, T* __restrict__ out,
                                 std::int64_t hidden, float eps) {
+  wait_for_previous_kernel();
   const std::int64_t row = blockIdx.x;
   const float* x = h + row * hidden;
   float ss = 0.0f;
@@ -123,6 +157,7 @@ __global__ void rms_norm_kernel(const float* __restrict__ h, const float* __rest
 template <typename T>
 __global__ void add_rms_norm_kernel(float* __restrict__ h, const T* __restrict__ delta, const float* __restrict__ bias,
                                     const float* __restrict__ w, T* __restrict__ out, std::int64_t hidden, float eps) {
+  wait_for_previous_kernel();
   const std::int64_t row = blockIdx.x;
   float* x = h + row * hidden;
   const T* d = delta + row * hidden;
@@ -199,6 +234,7 @@ __device__ __forceinline__ void bias_norm_rope(float (&x)[D / 32], const float* 
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(QkvArgs qa, AttentionArgs a, int splits) {
+  wait_for_previous_kernel();
   using S = AttnShape<D>;
   constexpr int VPW = S::VPW, DP = S::DP, PER_LANE = S::PER_LANE, HALF = D / 2;
   __shared__ __align__(16) T ks[kTile * DP];
@@ -376,8 +412,7 @@ void launch_attention(const QkvArgs& qa, const AttentionArgs& a, cudaStream_t st
   const int chunks = static_cast<int>(attention_chunks(a.n, a.heads / a.kv_heads, D));
   const dim3 grid(a.kv_heads, splits, chunks);
   static_assert(S::CHUNK == (D >= 256 ? 8 : 16), "attention_chunks() assumes these chunk sizes");
-  attention_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(qa, a, splits);
-  QMM_MODEL_CUDA_CHECK_LAUNCH("attention_kernel");
+  launch(attention_kernel<T, D>, grid, kWarps * 32, stream, "attention_kernel", qa, a, splits);
 }
 
 // ---- SwiGLU, dense linear, fill -------------------------------------------------------------
@@ -386,6 +421,7 @@ template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, std::int64_t gs, const T* __restrict__ up, std::int64_t us,
                               const float* __restrict__ gb, const float* __restrict__ ub, T* __restrict__ out,
                               std::int64_t n, std::int64_t inter) {
+  wait_for_previous_kernel();
   const std::int64_t total = n * inter;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -401,6 +437,7 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, std::int64_t gs, const
 template <typename T>
 __global__ void dense_linear_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int n,
                                     std::int64_t N, std::int64_t K) {
+  wait_for_previous_kernel();
   constexpr int R = 8;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * 8 + warp;
@@ -422,6 +459,7 @@ __global__ void dense_linear_kernel(const T* __restrict__ x, const T* __restrict
 
 template <typename T>
 __global__ void fill_kernel(T* dst, std::int64_t count, std::uint64_t base, std::uint64_t stream, float amp) {
+  wait_for_previous_kernel();
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     dst[i] = from_f<T>(__fmul_rn(synthetic_uniform(stream, base + static_cast<std::uint64_t>(i)), amp));
@@ -434,12 +472,14 @@ int norm_block(std::int64_t hidden) { return hidden >= 4096 ? 1024 : hidden >= 1
 
 // ---- launchers ------------------------------------------------------------------------------
 
+void set_programmatic_launch(bool on) { g_programmatic_launch = on; }
+bool programmatic_launch() { return g_programmatic_launch; }
+
 void embed_rows(const std::int32_t* tokens, int n, const EmbedTable& table, float* h, Dtype dtype, void* stream) {
   if (n <= 0) return;
   dispatch(dtype, "embed_rows", [&](auto tag) {
     using T = decltype(tag);
-    embed_kernel<T><<<n, 256, 0, as_stream(stream)>>>(tokens, table, h);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("embed_kernel");
+    launch(embed_kernel<T>, n, 256, as_stream(stream), "embed_kernel", tokens, table, h);
   });
 }
 
@@ -448,8 +488,8 @@ void rms_norm(const float* h, const float* w, void* out, int n, std::int64_t hid
   if (n <= 0) return;
   dispatch(dtype, "rms_norm", [&](auto tag) {
     using T = decltype(tag);
-    rms_norm_kernel<T><<<n, norm_block(hidden), 0, as_stream(stream)>>>(h, w, static_cast<T*>(out), hidden, eps);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+    launch(rms_norm_kernel<T>, n, norm_block(hidden), as_stream(stream), "rms_norm_kernel", h, w, static_cast<T*>(out),
+           hidden, eps);
   });
 }
 
@@ -458,9 +498,8 @@ void add_rms_norm(float* h, const void* delta, const float* delta_bias, const fl
   if (n <= 0) return;
   dispatch(dtype, "add_rms_norm", [&](auto tag) {
     using T = decltype(tag);
-    add_rms_norm_kernel<T><<<n, norm_block(hidden), 0, as_stream(stream)>>>(h, static_cast<const T*>(delta), delta_bias,
-                                                                             w, static_cast<T*>(out), hidden, eps);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
+    launch(add_rms_norm_kernel<T>, n, norm_block(hidden), as_stream(stream), "add_rms_norm_kernel", h,
+           static_cast<const T*>(delta), delta_bias, w, static_cast<T*>(out), hidden, eps);
   });
 }
 
@@ -498,10 +537,9 @@ void swiglu(const void* gate, std::int64_t gate_stride, const void* up, std::int
   if (n <= 0) return;
   dispatch(dtype, "swiglu", [&](auto tag) {
     using T = decltype(tag);
-    swiglu_kernel<T><<<grid_for(n * inter, 256), 256, 0, as_stream(stream)>>>(
-        static_cast<const T*>(gate), gate_stride, static_cast<const T*>(up), up_stride, gate_bias, up_bias,
-        static_cast<T*>(out), n, inter);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("swiglu_kernel");
+    launch(swiglu_kernel<T>, grid_for(n * inter, 256), 256, as_stream(stream), "swiglu_kernel",
+           static_cast<const T*>(gate), gate_stride, static_cast<const T*>(up), up_stride, gate_bias, up_bias,
+           static_cast<T*>(out), static_cast<std::int64_t>(n), inter);
   });
 }
 
@@ -511,9 +549,8 @@ void dense_linear(const void* x, const void* w, void* out, int n, std::int64_t N
   dispatch(dtype, "dense_linear", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>((N + 7) / 8), static_cast<unsigned>((n + 7) / 8));
-    dense_linear_kernel<T><<<grid, 256, 0, as_stream(stream)>>>(static_cast<const T*>(x), static_cast<const T*>(w),
-                                                                static_cast<T*>(out), n, N, K);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("dense_linear_kernel");
+    launch(dense_linear_kernel<T>, grid, 256, as_stream(stream), "dense_linear_kernel", static_cast<const T*>(x),
+           static_cast<const T*>(w), static_cast<T*>(out), n, N, K);
   });
 }
 
@@ -523,9 +560,8 @@ void fill_uniform(void* dst, Dtype dtype, std::int64_t rows, std::int64_t cols, 
   if (count <= 0) return;
   dispatch(dtype, "fill_uniform", [&](auto tag) {
     using T = decltype(tag);
-    fill_kernel<T><<<grid_for(count, 256), 256, 0, as_stream(stream)>>>(
-        static_cast<T*>(dst), count, static_cast<std::uint64_t>(row0 * cols), stream_id, amplitude);
-    QMM_MODEL_CUDA_CHECK_LAUNCH("fill_kernel");
+    launch(fill_kernel<T>, grid_for(count, 256), 256, as_stream(stream), "fill_kernel", static_cast<T*>(dst), count,
+           static_cast<std::uint64_t>(row0 * cols), stream_id, amplitude);
   });
 }
 
