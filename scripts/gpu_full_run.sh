@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The whole GPU check of qmm in one call on a GPU machine (an H100 for the committed results):
+# build, every CUDA test (C++, model, CLI, Python), compute-sanitizer, the issue-#3553 benchmark
+# with the peers merged, the bit-width and dtype variants, and the model benchmark.
+#   bash scripts/gpu_full_run.sh --debs DIR [--budget-ms X] [--no-peers] [--no-python]
+# Needs the .deb folder of scripts/gpu_check.sh; peers need bench/peers/install_wheels.sh first,
+# Python needs nanobind/scikit-build-core on PYTHONPATH (same wheels). Results go to $OUT:
+#   report.txt report.json report.png peers.json variants.txt model.txt model.json logs.tar.gz
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+LOGS=$(mktemp -d)
+DEBS="" BUDGET=100 PEERS=1 PYTHON=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --debs) DEBS=$2; shift 2 ;;
+    --budget-ms) BUDGET=$2; shift 2 ;;
+    --no-peers) PEERS=0; shift ;;
+    --no-python) PYTHON=0; shift ;;
+    *) echo "gpu_full_run: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+step() { echo "== $* ($(date +%T))"; }
+PREFIX_ARGS=()
+if [ -n "$DEBS" ]; then
+  mkdir -p /tmp/qmm-deps
+  for f in "$DEBS"/*.deb; do dpkg -x "$f" /tmp/qmm-deps; done
+  PREFIX_ARGS=(-DCMAKE_PREFIX_PATH=/tmp/qmm-deps/usr)
+fi
+PY_ARGS=()
+if [ "$PYTHON" = 1 ] && python3 -c "import nanobind" 2>/dev/null; then PY_ARGS=(-DQMM_BUILD_PYTHON=ON); fi
+
+step build
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$LOGS/gpu.txt"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  "${PREFIX_ARGS[@]}" "${PY_ARGS[@]}" >"$LOGS/configure.log" 2>&1 || { tail -30 "$LOGS/configure.log"; exit 1; }
+cmake --build build-gpu -j"$(nproc)" -- -k 0 >"$LOGS/build.log" 2>&1
+grep -E "error|FAILED" "$LOGS/build.log" | head -20
+
+step "ctest -L cuda"
+(cd build-gpu && ctest -L cuda --output-on-failure -j4 >"$LOGS/ctest_cuda.log" 2>&1)
+tail -6 "$LOGS/ctest_cuda.log"
+step "ctest -L cpu (on this machine too)"
+(cd build-gpu && ctest -L cpu -j16 >"$LOGS/ctest_cpu.log" 2>&1)
+tail -3 "$LOGS/ctest_cpu.log"
+
+step compute-sanitizer
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool $tool --error-exitcode 3 build-gpu/tests/qmm_cuda_tests \
+    --gtest_filter='CudaMatmul.NAndK*:CudaMatmul.LargeK*:CudaMatmul.Capturable*:CudaMatmul.BatchedAnd*:CudaQuantize.*' \
+    >"$LOGS/sanitize_$tool.log" 2>&1
+  echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOGS/sanitize_$tool.log") clean summaries)"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitize_$tool.log" | tail -2
+done
+
+if [ "$PYTHON" = 1 ] && [ -d build-gpu/python/qmm ]; then
+  step "pytest (CUDA and CPU)"
+  (cd /tmp && PYTHONPATH="$OLDPWD/build-gpu/python:${PYTHONPATH:-}" python3 -m pytest -q -rs -p no:cacheprovider \
+    "$OLDPWD/python/tests" >"$LOGS/pytest.log" 2>&1)
+  tail -4 "$LOGS/pytest.log"
+fi
+
+PEER_ARGS=()
+if [ "$PEERS" = 1 ]; then
+  step peers
+  PYTHONUNBUFFERED=1 timeout 240 python3 bench/peers/run_peers.py --preset qwen2.5-14b --m 1-16,32,64 \
+    --budget-ms "$BUDGET" --json "$OUT/peers.json" >"$LOGS/peers.log" 2>&1
+  tail -12 "$LOGS/peers.log"
+  [ -s "$OUT/peers.json" ] && PEER_ARGS=(--peers "$OUT/peers.json")
+fi
+
+step "qmm bench (issue 3553 shapes, M=1-16,32,64)"
+build-gpu/qmm bench --preset qwen2.5-14b --m 1-16,32,64 --budget-ms "$BUDGET" "${PEER_ARGS[@]}" \
+  --json "$OUT/report.json" --plot "$OUT/report.png" >"$OUT/report.txt" 2>"$LOGS/bench.err"
+cat "$OUT/report.txt"
+
+step "variants: bits 2 and 8, bf16, 5120->13824"
+{
+  for args in "--bits 2" "--bits 8" "--dtype bfloat16" "--bits 4"; do
+    echo "### qmm bench --shape 5120:13824 --m 1-16 $args"
+    build-gpu/qmm bench --shape 5120:13824 --m 1-16 --budget-ms "$BUDGET" --no-dense -q $args
+  done
+} >"$OUT/variants.txt" 2>&1
+grep -E "###|^\s+(1|8|16) " "$OUT/variants.txt"
+
+step "qmm model --synthetic qwen2.5-14b"
+timeout 300 build-gpu/qmm model --synthetic qwen2.5-14b --prefill 512 --m 1-8 --json "$OUT/model.json" \
+  >"$OUT/model.txt" 2>"$LOGS/model.err"
+cat "$OUT/model.txt"; tail -3 "$LOGS/model.err"
+
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
