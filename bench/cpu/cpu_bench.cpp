@@ -9,8 +9,12 @@
 //
 //   qmm_cpu_bench                                   # fp16 and fp32, all shapes, M = 1..16
 //   qmm_cpu_bench --dtype float16 --m 1,2,4,8 --shapes gate_up --repeats 31 --csv out.csv
+//   QMM_NUM_THREADS=1 qmm_cpu_bench --clock cpu      # one core, immune to preemption
 //
 // Threads: QMM_NUM_THREADS (default: all hardware threads), for qmm and for the probe alike.
+// --clock cpu times with the calling thread's CPU clock instead of the wall clock: a thread that
+// the OS preempts (cores shared with other work) is not charged for the time it waited. It only
+// makes sense with one thread, so it requires QMM_NUM_THREADS=1.
 #include <immintrin.h>
 #include <unistd.h>
 
@@ -23,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <time.h>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -37,6 +42,16 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+/// Seconds on the wall clock, or on this thread's CPU clock.
+double now_seconds(bool cpu_clock) {
+  if (cpu_clock) {
+    timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+  }
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
 
 struct Shape2 {
   const char* name;
@@ -130,7 +145,7 @@ class ReadTeam {
   }
 
   /// Reads every byte of the given ranges once, split evenly across the team; returns seconds.
-  double read(const std::vector<std::pair<const char*, std::size_t>>& ranges) {
+  double read(const std::vector<std::pair<const char*, std::size_t>>& ranges, bool cpu_clock) {
     ranges_ = &ranges;
     arrived_.store(0);
     finished_.store(0);
@@ -140,13 +155,12 @@ class ReadTeam {
     }
     cv_.notify_all();
     arrive();
-    const auto t0 = Clock::now();
+    const double t0 = now_seconds(cpu_clock);
     sink_ += work(0);
     finished_.fetch_add(1);
     while (finished_.load() < n_) {
     }
-    const auto t1 = Clock::now();
-    return std::chrono::duration<double>(t1 - t0).count();
+    return now_seconds(cpu_clock) - t0;
   }
   std::uint64_t sink() const { return sink_; }
 
@@ -210,6 +224,7 @@ struct Options {
   bool transpose = true;
   std::string kernel;
   std::string csv;
+  bool cpu_clock = false;
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -239,7 +254,7 @@ std::vector<std::int64_t> parse_ms(const std::string& s) {
   std::fprintf(code ? stderr : stdout,
                "usage: %s [--dtype float16,float32] [--m 1-16] [--shapes q_o,k_v,gate_up,down]\n"
                "          [--repeats N] [--warmup N] [--rotate-factor F] [--bits B] [--group G]\n"
-               "          [--no-transpose] [--kernel NAME] [--csv FILE]\n",
+               "          [--no-transpose] [--kernel NAME] [--csv FILE] [--clock wall|cpu]\n",
                argv0);
   std::exit(code);
 }
@@ -281,6 +296,10 @@ Options parse(int argc, char** argv) {
       o.kernel = value();
     } else if (a == "--csv") {
       o.csv = value();
+    } else if (a == "--clock") {
+      const std::string c = value();
+      if (c != "cpu" && c != "wall") usage(argv[0], 2);
+      o.cpu_clock = c == "cpu";
     } else if (a == "--help" || a == "-h") {
       usage(argv[0], 0);
     } else {
@@ -342,6 +361,10 @@ struct Row {
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   const int threads = configured_threads();
+  if (opt.cpu_clock && threads != 1) {
+    std::fprintf(stderr, "--clock cpu needs QMM_NUM_THREADS=1 (it times the calling thread only)\n");
+    return 2;
+  }
   const std::int64_t llc = last_level_cache_bytes();
   ReadTeam team(threads);
   std::mt19937 rng(1234);
@@ -353,9 +376,9 @@ int main(int argc, char** argv) {
     std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
     std::printf("# qmm_cpu_bench: %s, %d threads, last-level cache %.0f MiB, %s\n", cpu_model().c_str(), threads,
                 llc / 1048576.0, date);
-    std::printf("# %d-bit g%d, transpose=%s, kernel=%s, median of %d calls, weights rotated over >= %.0fx LLC\n\n",
+    std::printf("# %d-bit g%d, transpose=%s, kernel=%s, median of %d calls, weights rotated over >= %.0fx LLC, %s clock\n\n",
                 opt.bits, opt.group, opt.transpose ? "true" : "false", opt.kernel.empty() ? "(default)" : opt.kernel.c_str(),
-                opt.repeats, opt.rotate_factor);
+                opt.repeats, opt.rotate_factor, opt.cpu_clock ? "thread CPU" : "wall");
   }
 
   for (const qmm::Dtype dtype : opt.dtypes) {
@@ -405,11 +428,10 @@ int main(int argc, char** argv) {
         std::vector<double> t_call, t_probe;
         for (int r = 0; r < opt.repeats; ++r) {
           const Copy& c = copies[next++ % copies.size()];
-          const auto t0 = Clock::now();
+          const double t0 = now_seconds(opt.cpu_clock);
           qmm::quantized_matmul_into(x, c.w_q, c.scales, c.biases, out, opt.transpose, opt.group, opt.bits, call);
-          const auto t1 = Clock::now();
-          t_call.push_back(std::chrono::duration<double>(t1 - t0).count());
-          t_probe.push_back(team.read(ranges_of(copies[next++ % copies.size()])));
+          t_call.push_back(now_seconds(opt.cpu_clock) - t0);
+          t_probe.push_back(team.read(ranges_of(copies[next++ % copies.size()]), opt.cpu_clock));
         }
         Row row{qmm::dtype_name(dtype), shape.name, K, N, M, bytes, median(t_call) * 1e6, median(t_probe) * 1e6,
                 *std::min_element(t_call.begin(), t_call.end()) * 1e6};

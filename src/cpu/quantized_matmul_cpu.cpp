@@ -264,6 +264,18 @@ QMM_AVX512 void convert_to_float_avx512(const void* src, Dtype dtype, std::int64
   for (; i < count; ++i) dst[i] = cpu::load(src, dtype, i);
 }
 
+/// One scale or bias as float (F16C for float16).
+QMM_AVX512 inline float load_one(const void* base, Dtype dtype, std::int64_t i) {
+  switch (dtype) {
+    case Dtype::float32:
+      return static_cast<const float*>(base)[i];
+    case Dtype::float16:
+      return _cvtsh_ss(static_cast<const std::uint16_t*>(base)[i]);
+    default:
+      return cpu::load(base, dtype, i);
+  }
+}
+
 QMM_AVX512 inline float hsum(__m512 v) {
   const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
   __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -488,6 +500,12 @@ struct TransposedDecoderFor<4> {
 template <int Bits>
 using TransposedDecoder = typename TransposedDecoderFor<Bits>::type;
 
+/// How far ahead of each weight row the micro-kernel prefetches. A tile streams NT rows at once
+/// and the hardware prefetchers stop at every 4 KiB page, so without help each core stalls on
+/// DRAM; 12 KiB ahead (the next tile or two) measured best on Zen 4: one core at M=1 went from
+/// 5.3 ms to ~4.2 ms on gate_up (4 KiB pages), M=4 and M=8 gained ~10-15 % too.
+constexpr std::int64_t kPrefetchBytes = 12 * 1024;
+
 /// transpose=true micro-kernel: NT weight rows x MT rows of x over all of K.
 ///   w_rows[r]: packed row r of the tile; s, b: its float32 scales and biases (row stride
 ///   `groups`); x: MT rows of stride ldx (permuted within groups as the decoder wants);
@@ -509,6 +527,10 @@ QMM_AVX512 void transposed_tile(const TransposedDecoder<Bits>& dec, const std::u
     typename TransposedDecoder<Bits>::State state[NT];
 #pragma GCC unroll 8
     for (int r = 0; r < NT; ++r) state[r] = dec.start(w_rows[r], k_begin, s[r * groups + gi], b[r * groups + gi]);
+#pragma GCC unroll 8
+    for (int r = 0; r < NT; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r]) + k_begin * Bits / 8 + kPrefetchBytes, _MM_HINT_T0);
+    }
     for (std::int64_t k = k_begin; k < k_end; k += 16) {
       __m512 wv[NT];
 #pragma GCC unroll 8
@@ -651,10 +673,8 @@ QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::
   constexpr std::int64_t kWidth = 128, kBlock = 32, kMaxRows = 3;
   const ConsecutiveDecoder<Bits> dec;
   std::vector<float> wbuf(static_cast<std::size_t>(kBlock * kWidth)), acc(static_cast<std::size_t>(M * kWidth));
-  std::vector<float> sbuf, bbuf;
   for (std::int64_t t = t0; t < t1; ++t) {
     const std::int64_t c0 = t * kWidth, width = std::min(kWidth, N - c0);
-    const std::int64_t tile_groups = (width + w.group_size - 1) / w.group_size;
     std::fill(acc.begin(), acc.end(), 0.0f);
     std::fill(wbuf.begin(), wbuf.end(), 0.0f);  // columns past N stay zero
     for (std::int64_t k0 = 0; k0 < K; k0 += kBlock) {
@@ -662,11 +682,13 @@ QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t k = k0 + r;
         const std::uint32_t* row = w.w_q + k * words;
-        const float* s = scales_as_float(w.scales, w.dtype, k * groups + c0 / w.group_size, tile_groups, sbuf);
-        const float* b = scales_as_float(w.biases, w.dtype, k * groups + c0 / w.group_size, tile_groups, bbuf);
+        const std::int64_t g0 = k * groups + c0 / w.group_size;
         typename ConsecutiveDecoder<Bits>::Params g{};
         for (std::int64_t j = 0; j < width; j += 16) {
-          if (j % w.group_size == 0) g = dec.params(s[j / w.group_size], b[j / w.group_size]);
+          if (j % w.group_size == 0) {
+            g = dec.params(load_one(w.scales, w.dtype, g0 + j / w.group_size),
+                           load_one(w.biases, w.dtype, g0 + j / w.group_size));
+          }
           _mm512_storeu_ps(&wbuf[static_cast<std::size_t>(r * kWidth + j)], dec.decode(row, c0 + j, g));
         }
       }
