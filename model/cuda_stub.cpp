@@ -14,6 +14,7 @@ void set_device(int) { no_cuda("set_device"); }
 void* stream_create() { no_cuda("stream_create"); }
 void stream_destroy(void*) noexcept {}
 void stream_synchronize(void*) { no_cuda("stream_synchronize"); }
+void device_synchronize() { no_cuda("device_synchronize"); }
 void copy_h2d(void*, const void*, std::size_t, void*) { no_cuda("copy"); }
 void copy_d2h(void*, const void*, std::size_t, void*) { no_cuda("copy"); }
 void copy_d2d(void*, const void*, std::size_t, void*) { no_cuda("copy"); }

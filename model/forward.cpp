@@ -123,6 +123,9 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, const ModelOptions& op
   if (cuda_) {
     rope_cos_ = rope_cos_.to(dev);
     rope_sin_ = rope_sin_.to(dev);
+    // The weights (generated or copied on the legacy stream) and the zeroed caches and counters
+    // must be complete before the model's non-blocking stream runs anything.
+    cuda::device_synchronize();
   }
 }
 

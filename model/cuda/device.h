@@ -17,6 +17,8 @@ void set_device(int index);
 void* stream_create();
 void stream_destroy(void* stream) noexcept;
 void stream_synchronize(void* stream);
+/// Waits for all work on the current device (every stream, the legacy one included).
+void device_synchronize();
 /// Copies; a null stream means synchronous.
 void copy_h2d(void* dst, const void* src, std::size_t bytes, void* stream = nullptr);
 void copy_d2h(void* dst, const void* src, std::size_t bytes, void* stream = nullptr);

@@ -25,6 +25,8 @@ void stream_destroy(void* stream) noexcept {
 
 void stream_synchronize(void* stream) { QMM_MODEL_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
 
+void device_synchronize() { QMM_MODEL_CUDA_CHECK(cudaDeviceSynchronize()); }
+
 static void copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind, void* stream) {
   if (bytes == 0) return;
   if (stream) {
