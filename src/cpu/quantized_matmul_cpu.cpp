@@ -393,90 +393,94 @@ template <>
 struct DecoderFor<8> {
   using type = WideDecoder;
 };
-/// Decodes 16 consecutive elements (transpose=false: 16 output columns of a row of W).
+/// Decodes 16 consecutive elements (transpose=false: 16 output columns of a row of W; 3, 5, 6
+/// and 8 bits with transpose=true).
 template <int Bits>
 using ConsecutiveDecoder = typename DecoderFor<Bits>::type;
 
 /// transpose=true, 2 and 4 bits: a group at a time, in a permuted order of k.
 ///
-/// A group of g elements is D = g * Bits / 32 words, E = 32 / Bits elements each. The words are
+/// A group of G elements is D = G * Bits / 32 words, E = 32 / Bits elements each. The words are
 /// loaded once and replicated R = 16 / D times across the 16 lanes; lane l = r * D + j holds
 /// word j pre-shifted right by Bits * r. The group's vector v is then, in lane l, element
 /// E * j + v * R + r in its low bits, and one shift by Bits * R moves every lane to vector v + 1.
 /// vpermps reads a lane's low 4 bits as an index into the group's 16-entry table of s * q + b,
 /// so decoding costs one shift (which runs beside the FMAs) and one vpermps per 16 weights. x
-/// is permuted the same way once per call (group_permutation), so every product pairs up.
-template <int Bits>
+/// is permuted the same way once per call (element_at), so every product pairs up. The group
+/// size is a template parameter so that the group's loop unrolls and its load is one broadcast.
+template <int Bits, int G>
 struct GroupTableDecoder {
   static_assert(Bits == 2 || Bits == 4, "16-entry tables need at most 4 bits");
-  int words;         // D
-  __m512i base;      // lane l: Bits * r
-  __m512i step;      // Bits * R in every lane (a per-lane shift: shifts by an xmm count compete with FMAs on Zen 4)
-  __m512 levels;     // table entry v: q = v mod 2^Bits (the index's upper bits belong to other elements)
-  QMM_AVX512 explicit GroupTableDecoder(int group_size) : words(group_size * Bits / 32) {
-    const int replicas = 16 / words;
+  static constexpr int kGroup = G;
+  static constexpr int kWords = G * Bits / 32;  // D
+  static constexpr int kReplicas = 16 / kWords;  // R
+  __m512i base;   // lane l: Bits * r
+  __m512i step;   // Bits * R in every lane (a per-lane shift: a shift by an xmm count would compete with FMAs)
+  __m512 levels;  // table entry v: q = v mod 2^Bits (the index's upper bits belong to other elements)
+  QMM_AVX512 explicit GroupTableDecoder(int) {
     alignas(64) std::int32_t sh[16];
     alignas(64) float l[16];
     for (int i = 0; i < 16; ++i) {
-      sh[i] = Bits * (i / words);
+      sh[i] = Bits * (i / kWords);
       l[i] = static_cast<float>(i & ((1 << Bits) - 1));
     }
     base = _mm512_load_si512(sh);
-    step = _mm512_set1_epi32(Bits * replicas);
+    step = _mm512_set1_epi32(Bits * kReplicas);
     levels = _mm512_load_ps(l);
   }
-  /// Position p = v * 16 + l of a permuted group holds element perm(p) of the group.
-  static int element_at(int group_size, int p) {
-    const int words = group_size * Bits / 32, replicas = 16 / words, per_word = 32 / Bits;
+  /// Position p = v * 16 + l of a permuted group holds element element_at(p) of the group.
+  static int element_at(int p) {
     const int v = p / 16, l = p % 16;
-    return per_word * (l % words) + v * replicas + l / words;
+    return (32 / Bits) * (l % kWords) + v * kReplicas + l / kWords;
   }
   struct State {
     __m512i data;
     __m512 table;
   };
-  QMM_AVX512 State start(const std::uint32_t* row, std::int64_t first, float s, float b) const {
-    const std::uint32_t* w = row + first * Bits / 32;
+  /// `w`: the group's first word; `s`, `b`: its scale and bias.
+  QMM_AVX512 State start(const std::uint32_t* w, std::int64_t, const float* s, const float* b) const {
     __m512i v;
-    switch (words) {
-      case 2: {
-        long long q;
-        std::memcpy(&q, w, 8);
-        v = _mm512_set1_epi64(q);
-        break;
-      }
-      case 4:
-        v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-        break;
-      case 8:
-        v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-        break;
-      default:
-        v = _mm512_loadu_si512(w);
-        break;
+    if constexpr (kWords == 2) {
+      long long q;
+      std::memcpy(&q, w, 8);
+      v = _mm512_set1_epi64(q);
+    } else if constexpr (kWords == 4) {
+      v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    } else if constexpr (kWords == 8) {
+      v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    } else {
+      v = _mm512_loadu_si512(w);
     }
-    return {_mm512_srlv_epi32(v, base), _mm512_fmadd_ps(levels, _mm512_set1_ps(s), _mm512_set1_ps(b))};
+    // Broadcasts straight from memory: a broadcast from a register would take a shuffle slot.
+    const __m512 table = _mm512_fmadd_ps(levels, _mm512_broadcastss_ps(_mm_load_ss(s)),
+                                         _mm512_broadcastss_ps(_mm_load_ss(b)));
+    return {_mm512_srlv_epi32(v, base), table};
   }
   QMM_AVX512 __m512 next(State& st) const {
     const __m512 w = _mm512_permutexvar_ps(st.data, st.table);
     st.data = _mm512_srlv_epi32(st.data, step);
     return w;
   }
+
 };
 
-/// transpose=true, 3, 5, 6 and 8 bits: 16 consecutive elements at a time, k in order.
+/// transpose=true, 3, 5, 6 and 8 bits: 16 consecutive elements at a time, k in order, any group
+/// size (kGroup = 0: the kernel takes it at run time).
 template <int Bits>
 struct StreamDecoder {
+  static constexpr int kGroup = 0;
   ConsecutiveDecoder<Bits> dec;
   QMM_AVX512 explicit StreamDecoder(int) {}
-  static int element_at(int, int p) { return p; }
+  static int element_at(int p) { return p; }
   struct State {
     const std::uint32_t* row;
     std::int64_t element;
     typename ConsecutiveDecoder<Bits>::Params params;
   };
-  QMM_AVX512 State start(const std::uint32_t* row, std::int64_t first, float s, float b) const {
-    return {row, first, dec.params(s, b)};
+  /// `w`: the group's first word; `first`: the group's first element; `s`, `b`: scale, bias.
+  QMM_AVX512 State start(const std::uint32_t* w, std::int64_t first, const float* s, const float* b) const {
+    // decode() addresses elements from the start of the row: rebase the pointer.
+    return {w - first * Bits / 32, first, dec.params(*s, *b)};
   }
   QMM_AVX512 __m512 next(State& st) const {
     const __m512 w = dec.decode(st.row, st.element, st.params);
@@ -484,21 +488,6 @@ struct StreamDecoder {
     return w;
   }
 };
-
-template <int Bits>
-struct TransposedDecoderFor {
-  using type = StreamDecoder<Bits>;
-};
-template <>
-struct TransposedDecoderFor<2> {
-  using type = GroupTableDecoder<2>;
-};
-template <>
-struct TransposedDecoderFor<4> {
-  using type = GroupTableDecoder<4>;
-};
-template <int Bits>
-using TransposedDecoder = typename TransposedDecoderFor<Bits>::type;
 
 /// How far ahead of each weight row the micro-kernel prefetches. A tile streams NT rows at once
 /// and the hardware prefetchers stop at every 4 KiB page, so without help each core stalls on
@@ -512,10 +501,12 @@ constexpr std::int64_t kPrefetchBytes = 12 * 1024;
 ///   result[m * NT + r] = sum_k x[m, k] * w[r, k].
 /// x comes from L1/L2 (K x MT floats, 64-byte aligned rows); each decoded vector of 16 weights
 /// meets the MT rows in registers.
-template <int Bits, int MT, int NT>
-QMM_AVX512 void transposed_tile(const TransposedDecoder<Bits>& dec, const std::uint32_t* const* w_rows,
-                                const float* s, const float* b, std::int64_t groups, int group_size,
-                                const float* x, std::int64_t ldx, float* result) {
+template <class Dec, int MT, int NT>
+QMM_AVX512 void transposed_tile(const Dec& dec, const std::uint32_t* const* w_rows, const float* s, const float* b,
+                                std::int64_t groups, int group_size, int bits, const float* x, std::int64_t ldx,
+                                float* result) {
+  const int g = Dec::kGroup > 0 ? Dec::kGroup : group_size;
+  const std::int64_t group_words = g * bits / 32, group_bytes = 4 * group_words;
   __m512 acc[NT][MT];
 #pragma GCC unroll 8
   for (int r = 0; r < NT; ++r) {
@@ -523,21 +514,22 @@ QMM_AVX512 void transposed_tile(const TransposedDecoder<Bits>& dec, const std::u
     for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_setzero_ps();
   }
   for (std::int64_t gi = 0; gi < groups; ++gi) {
-    const std::int64_t k_begin = gi * group_size, k_end = k_begin + group_size;
-    typename TransposedDecoder<Bits>::State state[NT];
-#pragma GCC unroll 8
-    for (int r = 0; r < NT; ++r) state[r] = dec.start(w_rows[r], k_begin, s[r * groups + gi], b[r * groups + gi]);
+    const std::int64_t k0 = gi * g;
+    typename Dec::State state[NT];
 #pragma GCC unroll 8
     for (int r = 0; r < NT; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r]) + k_begin * Bits / 8 + kPrefetchBytes, _MM_HINT_T0);
+      state[r] = dec.start(w_rows[r] + gi * group_words, k0, s + r * groups + gi, b + r * groups + gi);
+      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r]) + gi * group_bytes + kPrefetchBytes, _MM_HINT_T0);
     }
-    for (std::int64_t k = k_begin; k < k_end; k += 16) {
+    const float* xg = x + k0;
+#pragma GCC unroll 8
+    for (int k = 0; k < g; k += 16) {
       __m512 wv[NT];
 #pragma GCC unroll 8
       for (int r = 0; r < NT; ++r) wv[r] = dec.next(state[r]);
 #pragma GCC unroll 8
       for (int m = 0; m < MT; ++m) {
-        const __m512 xv = _mm512_load_ps(x + m * ldx + k);
+        const __m512 xv = _mm512_load_ps(xg + m * ldx + k);
 #pragma GCC unroll 8
         for (int r = 0; r < NT; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
       }
@@ -550,40 +542,52 @@ QMM_AVX512 void transposed_tile(const TransposedDecoder<Bits>& dec, const std::u
   }
 }
 
-template <int Bits>
-using TransposedTileFn = void (*)(const TransposedDecoder<Bits>&, const std::uint32_t* const*, const float*,
-                                  const float*, std::int64_t, int, const float*, std::int64_t, float*);
+template <class Dec>
+using TransposedTileFn = void (*)(const Dec&, const std::uint32_t* const*, const float*, const float*, std::int64_t,
+                                  int, int, const float*, std::int64_t, float*);
 
-/// The micro-kernel for `mt` rows of x (1..kMaxRows) and NT weight rows.
-template <int Bits, int NT, int kMaxRows>
-TransposedTileFn<Bits> transposed_tile_for(int mt) {
-  static_assert(kMaxRows >= 1 && kMaxRows <= 8, "");
+/// A tile shape: NT weight rows, and the numbers of rows of x (chunks of M) it serves.
+template <int NT_, int kMinRows_, int kMaxRows_>
+struct TileShape {
+  static constexpr int NT = NT_, kMinRows = kMinRows_, kMaxRows = kMaxRows_;
+};
+
+/// The micro-kernel for `mt` rows of x; only kMinRows..kMaxRows are instantiated.
+template <class Dec, class Shape>
+TransposedTileFn<Dec> transposed_tile_for(int mt) {
+  static_assert(Shape::kMinRows >= 1 && Shape::kMaxRows <= 8, "");
+#define QMM_TILE_CASE(R) \
+  case R:                \
+    if constexpr (Shape::kMinRows <= R && R <= Shape::kMaxRows) return &transposed_tile<Dec, R, Shape::NT>; \
+    break;
   switch (mt) {
-    case 1: return &transposed_tile<Bits, 1, NT>;
-    case 2: if constexpr (kMaxRows >= 2) return &transposed_tile<Bits, 2, NT>; break;
-    case 3: if constexpr (kMaxRows >= 3) return &transposed_tile<Bits, 3, NT>; break;
-    case 4: if constexpr (kMaxRows >= 4) return &transposed_tile<Bits, 4, NT>; break;
-    case 5: if constexpr (kMaxRows >= 5) return &transposed_tile<Bits, 5, NT>; break;
-    case 6: if constexpr (kMaxRows >= 6) return &transposed_tile<Bits, 6, NT>; break;
-    case 7: if constexpr (kMaxRows >= 7) return &transposed_tile<Bits, 7, NT>; break;
-    case 8: if constexpr (kMaxRows >= 8) return &transposed_tile<Bits, 8, NT>; break;
+    QMM_TILE_CASE(1)
+    QMM_TILE_CASE(2)
+    QMM_TILE_CASE(3)
+    QMM_TILE_CASE(4)
+    QMM_TILE_CASE(5)
+    QMM_TILE_CASE(6)
+    QMM_TILE_CASE(7)
+    QMM_TILE_CASE(8)
   }
+#undef QMM_TILE_CASE
   return nullptr;
 }
 
-/// transpose=true for one bit width and tile shape, weight-row tiles [t0, t1) (one thread's
-/// share). M is cut into chunks of at most kMaxRows rows of x; a tile runs every chunk back to
-/// back, so after the first chunk its weights (NT x K * Bits / 8 bytes) come from L1/L2 and DRAM
-/// sees them once.
-template <int Bits, int NT, int kMaxRows>
-QMM_AVX512 void avx512_transposed_tiles(const MatmulProblem& p, const float* x, std::int64_t ldx,
-                                        std::int64_t t0, std::int64_t t1) {
+/// transpose=true for one decoder and tile shape, weight-row tiles [t0, t1) (one thread's
+/// share). M is cut into equal chunks of at most kMaxRows rows of x (at least kMinRows each,
+/// which the shape choice guarantees); a tile runs every chunk back to back, so after the first
+/// chunk its weights (NT x K * Bits / 8 bytes) come from L1/L2 and DRAM sees them once.
+template <class Dec, class Shape>
+QMM_AVX512 void avx512_transposed_tiles(const MatmulProblem& p, const float* x, std::int64_t ldx, std::int64_t t0,
+                                        std::int64_t t1) {
+  constexpr int NT = Shape::NT;
   const auto& w = p.w;
   const std::int64_t M = p.M, N = p.N, K = p.K;
-  const std::int64_t words = format::packed_words(K, Bits), groups = K / w.group_size;
-  const Chunks m_chunks{M, (M + kMaxRows - 1) / kMaxRows};
-  const TransposedDecoder<Bits> dec(w.group_size);
-  float out[kMaxRows * NT];
+  const std::int64_t words = format::packed_words(K, w.bits), groups = K / w.group_size;
+  const Chunks m_chunks{M, (M + Shape::kMaxRows - 1) / Shape::kMaxRows};
+  const Dec dec(w.group_size);
+  float out[Shape::kMaxRows * NT];
   std::vector<float> sbuf, bbuf, spad, bpad;
   for (std::int64_t t = t0; t < t1; ++t) {
     const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
@@ -604,32 +608,48 @@ QMM_AVX512 void avx512_transposed_tiles(const MatmulProblem& p, const float* x, 
     for (int r = 0; r < NT; ++r) w_rows[r] = w.w_q + (n0 + std::min<std::int64_t>(r, rows - 1)) * words;
     for (std::int64_t c = 0; c < m_chunks.parts; ++c) {
       const std::int64_t m0 = m_chunks.begin(c), mt = m_chunks.end(c) - m0;
-      transposed_tile_for<Bits, NT, kMaxRows>(static_cast<int>(mt))(dec, w_rows, s, b, groups, w.group_size,
-                                                                     x + m0 * ldx, ldx, out);
+      transposed_tile_for<Dec, Shape>(static_cast<int>(mt))(dec, w_rows, s, b, groups, w.group_size, w.bits,
+                                                            x + m0 * ldx, ldx, out);
       for (std::int64_t m = 0; m < mt; ++m) store_floats(p.out, p.out_dtype, (m0 + m) * N + n0, out + m * NT, rows);
     }
   }
 }
 
-template <int Bits, int NT, int kMaxRows>
+template <class Dec, class Shape>
 void avx512_transposed_shape(const MatmulProblem& p, const float* x, std::int64_t ldx) {
-  const std::int64_t tiles = (p.N + NT - 1) / NT;
+  const std::int64_t tiles = (p.N + Shape::NT - 1) / Shape::NT;
   cpu::parallel_for(tiles, 4, [&](std::int64_t t0, std::int64_t t1) {
-    avx512_transposed_tiles<Bits, NT, kMaxRows>(p, x, ldx, t0, t1);
+    avx512_transposed_tiles<Dec, Shape>(p, x, ldx, t0, t1);
   });
 }
 
 /// Picks the tile shape for M: few rows of x leave registers for more weight rows in flight
 /// (NT * MT accumulators, NT decoder states and NT decoded vectors share the 32 zmm registers).
+/// 4 bits (the format that matters most) has three shapes: M <= 4 takes 4 weight rows; M = 5, 6
+/// three; M >= 7 two, with M cut into equal chunks of 4..8 rows. Other widths take two weight
+/// rows and chunks of at most 4 rows.
+template <class Dec, bool kWideShapes>
+void avx512_transposed_for_m(const MatmulProblem& p, const float* x, std::int64_t ldx) {
+  if constexpr (!kWideShapes) {
+    return avx512_transposed_shape<Dec, TileShape<2, 1, 4>>(p, x, ldx);
+  } else {
+    if (p.M <= 4) return avx512_transposed_shape<Dec, TileShape<4, 1, 4>>(p, x, ldx);
+    if (p.M <= 6) return avx512_transposed_shape<Dec, TileShape<3, 5, 6>>(p, x, ldx);
+    return avx512_transposed_shape<Dec, TileShape<2, 4, 8>>(p, x, ldx);
+  }
+}
 
 template <int Bits>
 void avx512_transposed(const MatmulProblem& p, const float* x, std::int64_t ldx) {
-  if constexpr (Bits == 4) {
-    if (p.M <= 4) return avx512_transposed_shape<Bits, 4, 4>(p, x, ldx);
-    if (p.M <= 6) return avx512_transposed_shape<Bits, 3, 6>(p, x, ldx);
-    return avx512_transposed_shape<Bits, 2, 8>(p, x, ldx);
+  if constexpr (Bits == 2 || Bits == 4) {
+    constexpr bool wide = Bits == 4;
+    switch (p.w.group_size) {
+      case 32: return avx512_transposed_for_m<GroupTableDecoder<Bits, 32>, wide>(p, x, ldx);
+      case 64: return avx512_transposed_for_m<GroupTableDecoder<Bits, 64>, wide>(p, x, ldx);
+      default: return avx512_transposed_for_m<GroupTableDecoder<Bits, 128>, wide>(p, x, ldx);
+    }
   } else {
-    return avx512_transposed_shape<Bits, 2, 4>(p, x, ldx);
+    return avx512_transposed_for_m<StreamDecoder<Bits>, false>(p, x, ldx);
   }
 }
 
@@ -733,8 +753,16 @@ std::vector<int> avx512_x_permutation(const MatmulProblem& p) {
   if (!p.transpose || (p.w.bits != 2 && p.w.bits != 4)) return perm;
   perm.resize(static_cast<std::size_t>(p.w.group_size));
   for (int i = 0; i < p.w.group_size; ++i) {
-    perm[static_cast<std::size_t>(i)] = p.w.bits == 4 ? GroupTableDecoder<4>::element_at(p.w.group_size, i)
-                                                      : GroupTableDecoder<2>::element_at(p.w.group_size, i);
+    int e = 0;
+    switch (p.w.bits * 1000 + p.w.group_size) {
+      case 2032: e = GroupTableDecoder<2, 32>::element_at(i); break;
+      case 2064: e = GroupTableDecoder<2, 64>::element_at(i); break;
+      case 2128: e = GroupTableDecoder<2, 128>::element_at(i); break;
+      case 4032: e = GroupTableDecoder<4, 32>::element_at(i); break;
+      case 4064: e = GroupTableDecoder<4, 64>::element_at(i); break;
+      default: e = GroupTableDecoder<4, 128>::element_at(i); break;
+    }
+    perm[static_cast<std::size_t>(i)] = e;
   }
   return perm;
 }
