@@ -702,14 +702,11 @@ QMM_AVX512 void avx512_plain_tiles(const MatmulProblem& p, const float* x, std::
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t k = k0 + r;
         const std::uint32_t* row = w.w_q + k * words;
-        const std::int64_t g0 = k * groups + c0 / w.group_size;
-        typename ConsecutiveDecoder<Bits>::Params g{};
-        for (std::int64_t j = 0; j < width; j += 16) {
-          if (j % w.group_size == 0) {
-            g = dec.params(load_one(w.scales, w.dtype, g0 + j / w.group_size),
-                           load_one(w.biases, w.dtype, g0 + j / w.group_size));
-          }
-          _mm512_storeu_ps(&wbuf[static_cast<std::size_t>(r * kWidth + j)], dec.decode(row, c0 + j, g));
+        const std::int64_t g0 = k * groups + c0 / w.group_size;  // c0 is a multiple of every group size
+        float* out = &wbuf[static_cast<std::size_t>(r * kWidth)];
+        for (std::int64_t j0 = 0, gi = g0; j0 < width; j0 += w.group_size, ++gi) {
+          const auto g = dec.params(load_one(w.scales, w.dtype, gi), load_one(w.biases, w.dtype, gi));
+          for (std::int64_t j = j0; j < j0 + w.group_size; j += 16) _mm512_storeu_ps(out + j, dec.decode(row, c0 + j, g));
         }
       }
       for (std::int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
@@ -748,6 +745,16 @@ void avx512_matmul(const MatmulProblem& p, const float* x, std::int64_t ldx) {
 
 /// Where the AVX-512 path wants x permuted within each group (see GroupTableDecoder): position
 /// p of a permuted group holds the group's element perm[p]. Empty: x in order.
+/// dst[k0 + i] = src[k0 + perm[i]] for every group k0 (16 gathered lanes at a time).
+QMM_AVX512 void permute_groups_avx512(const float* src, std::int64_t K, int group_size, const int* perm, float* dst) {
+  for (std::int64_t k0 = 0; k0 < K; k0 += group_size) {
+    for (int i = 0; i < group_size; i += 16) {
+      const __m512i idx = _mm512_loadu_si512(perm + i);
+      _mm512_storeu_ps(dst + k0 + i, _mm512_i32gather_ps(idx, src + k0, 4));
+    }
+  }
+}
+
 std::vector<int> avx512_x_permutation(const MatmulProblem& p) {
   std::vector<int> perm;
   if (!p.transpose || (p.w.bits != 2 && p.w.bits != 4)) return perm;
@@ -803,6 +810,7 @@ void quantized_matmul(const MatmulProblem& p) {
     return;
   }
   const Isa isa = selected_isa();
+  (void)isa;  // only the x86 build has a choice
   std::vector<int> perm;
 #if defined(QMM_CPU_X86)
   if (isa == Isa::avx512) perm = avx512_x_permutation(p);
@@ -822,10 +830,9 @@ void quantized_matmul(const MatmulProblem& p) {
       continue;
     }
     convert_to_float(src, p.x_dtype, p.K, row.data());
-    const std::int64_t g = p.w.group_size;
-    for (std::int64_t k0 = 0; k0 < p.K; k0 += g) {
-      for (std::int64_t i = 0; i < g; ++i) dst[k0 + i] = row[static_cast<std::size_t>(k0 + perm[static_cast<std::size_t>(i)])];
-    }
+#if defined(QMM_CPU_X86)
+    permute_groups_avx512(row.data(), p.K, p.w.group_size, perm.data(), dst);
+#endif
   }
   const float* x = x_buf.get();
 #if defined(QMM_CPU_X86)
