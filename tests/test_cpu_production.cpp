@@ -1,7 +1,8 @@
 // The CPU production path against the fp64 reference on shapes that exercise its tiling: weight
 // rows not a multiple of any tile, several groups per row, M across the register-tile sizes and
-// past them (chunks of rows of x), on both code paths (the machine's best, AVX-512 where
-// present, and the portable fallback forced with QMM_CPU_ISA=portable). quantize and dequantize
+// past them (chunks of rows of x), on every code path (the machine's best, AVX-512 where
+// present, and the generic code for AVX2 and for the baseline, forced with QMM_CPU_ISA).
+// quantize and dequantize
 // must match the reference bit for bit, including constant, zero, tied, huge, tiny, infinite and
 // NaN groups.
 #include <gtest/gtest.h>
@@ -45,7 +46,9 @@ class IsaScope {
   bool had_ = false;
 };
 
-const char* const kIsas[] = {"", "portable"};
+/// The machine's best path, the generic code built for AVX2 and for the baseline (each is
+/// skipped for what the machine lacks: QMM_CPU_ISA only lowers the choice).
+const char* const kIsas[] = {"", "avx2", "portable"};
 
 using Config = std::tuple<int, int, Dtype>;  // bits, group_size, dtype of x and of the weight
 

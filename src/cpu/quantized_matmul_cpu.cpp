@@ -92,17 +92,19 @@ struct Chunks {
   std::int64_t end(std::int64_t c) const { return begin(c + 1); }
 };
 
-enum class Isa { portable, avx512 };
+/// The code paths, best last: the generic C++ for the baseline instruction set, the same built
+/// for AVX2 + FMA, and the AVX-512 kernels.
+enum class Isa { portable, avx2, avx512 };
 
 Isa machine_isa() {
 #if defined(QMM_CPU_X86)
   static const Isa isa = [] {
     __builtin_cpu_init();
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                        __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("fma") &&
-                        __builtin_cpu_supports("f16c");
-    return avx512 ? Isa::avx512 : Isa::portable;
+                        __builtin_cpu_supports("avx512vbmi");
+    return avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::portable;
   }();
   return isa;
 #else
@@ -110,134 +112,29 @@ Isa machine_isa() {
 #endif
 }
 
-/// The machine's best path, unless QMM_CPU_ISA=portable asks for the fallback (read per call so
-/// a test can switch it).
+/// The machine's best path, or a lower one that QMM_CPU_ISA asks for ("portable", "avx2"); read
+/// per call so that a test can cover every path in one process.
 Isa selected_isa() {
+  const Isa best = machine_isa();
   const char* env = std::getenv("QMM_CPU_ISA");
-  if (env != nullptr && std::strcmp(env, "portable") == 0) return Isa::portable;
-  return machine_isa();
+  if (env == nullptr) return best;
+  if (std::strcmp(env, "portable") == 0) return Isa::portable;
+  if (std::strcmp(env, "avx2") == 0) return std::min(best, Isa::avx2);
+  return best;
 }
 
-// ---- portable path --------------------------------------------------------------------------
-
-/// The 32 elements packed in `bits` consecutive words, as floats. The loop has a constant trip
-/// count, so after unrolling every shift is a constant.
-template <int Bits>
-inline void unpack32(const std::uint32_t* w, float* out) {
-#pragma GCC unroll 32
-  for (int i = 0; i < 32; ++i) {
-    const int bit = i * Bits, word = bit >> 5, offset = bit & 31;
-    std::uint32_t v = w[word] >> offset;
-    if (offset + Bits > 32) v |= w[word + 1] << (32 - offset);
-    out[i] = static_cast<float>(v & ((1u << Bits) - 1u));
-  }
-}
-
-/// Dequantizes elements [first, first + count) of a packed row (both multiples of 32) into
-/// float32: out[i] = s * q + b with the group's stored scale and bias (as floats).
-template <int Bits>
-void dequantize_span(const std::uint32_t* row, std::int64_t first, std::int64_t count, int group_size,
-                     const float* scales, const float* biases, float* out) {
-  for (std::int64_t i = 0; i < count; i += 32) {
-    const std::int64_t e = first + i;
-    unpack32<Bits>(row + e / 32 * Bits, out + i);
-    const float s = scales[e / group_size], b = biases[e / group_size];
-    for (int j = 0; j < 32; ++j) out[i + j] = s * out[i + j] + b;
-  }
-}
-
-using DequantizeSpan = void (*)(const std::uint32_t*, std::int64_t, std::int64_t, int, const float*, const float*,
-                                float*);
-DequantizeSpan dequantize_span_for(int bits) {
-  switch (bits) {
-    case 2: return &dequantize_span<2>;
-    case 3: return &dequantize_span<3>;
-    case 4: return &dequantize_span<4>;
-    case 5: return &dequantize_span<5>;
-    case 6: return &dequantize_span<6>;
-    default: return &dequantize_span<8>;
-  }
-}
-
-/// sum_i a[i] * b[i] with 8 independent partial sums (vectorisable without reassociation).
-inline float dot(const float* a, const float* b, std::int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/// transpose=true: a thread dequantizes 4 weight rows x 512 k at a time into an L1 buffer and
-/// takes the dot products with every row of x.
-void portable_transposed(const MatmulProblem& p, const float* x, std::int64_t ldx) {
-  const auto& w = p.w;
-  const std::int64_t M = p.M, N = p.N, K = p.K;
-  const std::int64_t words = format::packed_words(K, w.bits), groups = K / w.group_size;
-  constexpr std::int64_t kRows = 4, kSpan = 512;  // kSpan is a multiple of every group size
-  const DequantizeSpan deq = dequantize_span_for(w.bits);
-  const std::int64_t tiles = (N + kRows - 1) / kRows;
-  cpu::parallel_for(tiles, 4, [&](std::int64_t t0, std::int64_t t1) {
-    std::vector<float> wbuf(static_cast<std::size_t>(kRows * kSpan)), acc(static_cast<std::size_t>(M * kRows));
-    std::vector<float> sbuf, bbuf, res(static_cast<std::size_t>(M));
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const std::int64_t n0 = t * kRows, rows = std::min(kRows, N - n0);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
-      const float* b = scales_as_float(w.biases, w.dtype, n0 * groups, rows * groups, bbuf);
-      for (std::int64_t k0 = 0; k0 < K; k0 += kSpan) {
-        const std::int64_t span = std::min(kSpan, K - k0);
-        for (std::int64_t r = 0; r < rows; ++r) {
-          deq(w.w_q + (n0 + r) * words, k0, span, w.group_size, s + r * groups, b + r * groups, &wbuf[r * kSpan]);
-        }
-        for (std::int64_t m = 0; m < M; ++m) {
-          for (std::int64_t r = 0; r < rows; ++r) acc[m * kRows + r] += dot(&wbuf[r * kSpan], x + m * ldx + k0, span);
-        }
-      }
-      for (std::int64_t m = 0; m < M; ++m) store_floats(p.out, p.out_dtype, m * N + n0, &acc[m * kRows], rows);
-    }
-  });
-}
-
-/// transpose=false: a thread owns whole groups of columns; it dequantizes a block of 32 rows of
-/// W into an L1 buffer and adds x[m, k] * W[k, :] to every row's accumulators.
-void portable_plain(const MatmulProblem& p, const float* x, std::int64_t ldx) {
-  const auto& w = p.w;
-  const std::int64_t M = p.M, N = p.N, K = p.K;
-  const std::int64_t words = format::packed_words(N, w.bits), groups = N / w.group_size;
-  constexpr std::int64_t kWidth = 128, kBlock = 32;  // kWidth is a multiple of every group size
-  const DequantizeSpan deq = dequantize_span_for(w.bits);
-  const std::int64_t tiles = (N + kWidth - 1) / kWidth;
-  cpu::parallel_for(tiles, 1, [&](std::int64_t t0, std::int64_t t1) {
-    std::vector<float> wbuf(static_cast<std::size_t>(kBlock * kWidth)), acc(static_cast<std::size_t>(M * kWidth));
-    std::vector<float> sbuf, bbuf;
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const std::int64_t c0 = t * kWidth, width = std::min(kWidth, N - c0);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (std::int64_t k0 = 0; k0 < K; k0 += kBlock) {
-        const std::int64_t rows = std::min(kBlock, K - k0);
-        for (std::int64_t r = 0; r < rows; ++r) {
-          const std::int64_t k = k0 + r;
-          const float* s = scales_as_float(w.scales, w.dtype, k * groups, groups, sbuf);
-          const float* b = scales_as_float(w.biases, w.dtype, k * groups, groups, bbuf);
-          deq(w.w_q + k * words, c0, width, w.group_size, s, b, &wbuf[r * kWidth]);
-        }
-        for (std::int64_t m = 0; m < M; ++m) {
-          float* a = &acc[m * kWidth];
-          for (std::int64_t r = 0; r < rows; ++r) {
-            const float xv = x[m * ldx + k0 + r];
-            const float* wr = &wbuf[r * kWidth];
-            for (std::int64_t i = 0; i < width; ++i) a[i] += xv * wr[i];
-          }
-        }
-      }
-      for (std::int64_t m = 0; m < M; ++m) store_floats(p.out, p.out_dtype, m * N + c0, &acc[m * kWidth], width);
-    }
-  });
-}
+// ---- generic path: plain C++ for the vectoriser, built for two instruction sets -------------
+namespace generic_baseline {
+#include "src/cpu/matmul_generic.inc"
+}  // namespace generic_baseline
+#if defined(QMM_CPU_X86)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace generic_avx2 {
+#include "src/cpu/matmul_generic.inc"
+}  // namespace generic_avx2
+#pragma GCC pop_options
+#endif
 
 // ---- AVX-512 path ---------------------------------------------------------------------------
 #if defined(QMM_CPU_X86)
@@ -837,12 +734,11 @@ void quantized_matmul(const MatmulProblem& p) {
   const float* x = x_buf.get();
 #if defined(QMM_CPU_X86)
   if (isa == Isa::avx512) return avx512_dispatch(p, x, ldx);
-#endif
-  if (p.transpose) {
-    portable_transposed(p, x, ldx);
-  } else {
-    portable_plain(p, x, ldx);
+  if (isa == Isa::avx2) {
+    return p.transpose ? generic_avx2::matmul_transposed(p, x, ldx) : generic_avx2::matmul_plain(p, x, ldx);
   }
+#endif
+  return p.transpose ? generic_baseline::matmul_transposed(p, x, ldx) : generic_baseline::matmul_plain(p, x, ldx);
 }
 
 }  // namespace qmm::detail::cpu_production
