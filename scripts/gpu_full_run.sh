@@ -55,10 +55,12 @@ for tool in memcheck racecheck; do
 done
 
 if [ "$PYTHON" = 1 ] && [ -d build-gpu/python/qmm ]; then
-  step "pytest (CUDA and CPU)"
-  (cd /tmp && PYTHONPATH="$OLDPWD/build-gpu/python:${PYTHONPATH:-}" timeout 200 python3 -m pytest -q -rs -p no:cacheprovider \
-    "$OLDPWD/python/tests" >"$LOGS/pytest.log" 2>&1)
-  tail -4 "$LOGS/pytest.log"
+  step "pytest (CUDA and CPU), one file at a time so a crash in one does not hide the others"
+  for f in python/tests/test_*.py; do
+    (cd /tmp && PYTHONPATH="$OLDPWD/build-gpu/python:${PYTHONPATH:-}" timeout 200 python3 -m pytest -q -rs \
+      -p no:cacheprovider "$OLDPWD/$f" >>"$LOGS/pytest.log" 2>&1)
+    echo "$f: exit $? $(tail -1 "$LOGS/pytest.log")"
+  done
 fi
 
 fi

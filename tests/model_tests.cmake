@@ -11,7 +11,7 @@ if(TARGET qmm_model)
   target_include_directories(qmm_model_tests PRIVATE ${PROJECT_SOURCE_DIR})
   target_compile_options(qmm_model_tests PRIVATE -Wall -Wextra)
   gtest_discover_tests(qmm_model_tests
-    PROPERTIES LABELS cpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]"
+    PROPERTIES LABELS cpu SKIP_REGULAR_EXPRESSION "  SKIPPED "
     DISCOVERY_TIMEOUT 60)
 
   add_executable(qmm_model_cuda_tests test_model_cuda.cpp)
@@ -19,7 +19,7 @@ if(TARGET qmm_model)
   target_include_directories(qmm_model_cuda_tests PRIVATE ${PROJECT_SOURCE_DIR})
   target_compile_options(qmm_model_cuda_tests PRIVATE -Wall -Wextra)
   gtest_discover_tests(qmm_model_cuda_tests
-    PROPERTIES LABELS cuda SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]"
+    PROPERTIES LABELS cuda SKIP_REGULAR_EXPRESSION "  SKIPPED "
     DISCOVERY_TIMEOUT 60)
 
   if(TARGET qmm_cli)
