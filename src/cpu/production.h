@@ -2,9 +2,10 @@
 // quantize and dequantize; quantized_matmul streams each weight once for all M rows.
 //
 // The library is built for the baseline instruction set; the AVX-512 code carries per-function
-// target attributes and runs only where the CPU has it (AVX-512 F/BW/VL/DQ/VBMI, FMA, F16C).
-// QMM_CPU_ISA=portable in the environment forces the portable code (read on every call, so a
-// test can cover both paths in one process).
+// target attributes and runs only where the CPU has it (AVX-512 F/BW/VL/DQ/VBMI, FMA, F16C);
+// elsewhere quantized_matmul runs generic C++ compiled for AVX2 + FMA (where present) or for the
+// baseline. QMM_CPU_ISA=avx2 or QMM_CPU_ISA=portable in the environment lowers the choice (read
+// on every call, so a test can cover every path in one process).
 #pragma once
 
 #include <cstdint>
