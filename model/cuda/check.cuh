@@ -23,6 +23,3 @@ namespace qmm::model::cuda {
       ::qmm::model::cuda::throw_cuda_error(qmm_model_err_, #call, __FILE__, __LINE__); \
     }                                                                                \
   } while (0)
-
-/// After a kernel launch: launch-configuration errors surface here.
-#define QMM_MODEL_CUDA_CHECK_LAUNCH(name) QMM_MODEL_CUDA_CHECK(cudaGetLastError())
