@@ -14,6 +14,7 @@
 // output bit patterns, and every element is a table lookup. Otherwise each element goes through
 // the scalar formula.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -153,6 +154,46 @@ QMM_AVX512 format::GroupParams quantize_group_avx512(const float* v, int count, 
   return gp;
 }
 
+/// Rounds float32 lanes to bfloat16 the way float_to_bfloat16_bits does for non-NaN values
+/// (add 0x7fff plus the kept lowest bit, truncate), returning the bf16 bits in the low half.
+QMM_AVX512 __m512i bf16_bits(__m512 v) {
+  const __m512i x = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
+}
+
+/// Rounds float32 lanes to `storage` (float16 with F16C, round to nearest even; bfloat16 as
+/// above) and back. Exact counterparts of cpu::round_to for every non-NaN value.
+QMM_AVX512 __m512 round_lanes(__m512 v, Dtype storage) {
+  if (storage == Dtype::float16) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  if (storage == Dtype::bfloat16) return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16));
+  return v;
+}
+
+/// The level table of one group, 16 levels at a time, for finite s and b (then no lane can be
+/// NaN, the only values where the vector conversions and the scalar ones may differ).
+template <typename T>
+QMM_AVX512 void level_table_avx512(int bits, float s, float b, Dtype storage, Dtype out_dtype, T* table) {
+  const __m512 vs = _mm512_set1_ps(s), vb = _mm512_set1_ps(b);
+  const int levels = 1 << bits;
+  for (int q0 = 0; q0 < levels; q0 += 16) {
+    const __m512 q = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_set1_epi32(q0),
+                                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)));
+    // round(round(s * q) + b), as format::affine_dequantize_value.
+    const __m512 v = round_lanes(_mm512_add_ps(round_lanes(_mm512_mul_ps(vs, q), storage), vb), storage);
+    const __mmask16 keep = levels - q0 >= 16 ? 0xffff : static_cast<__mmask16>((1u << (levels - q0)) - 1u);
+    if constexpr (sizeof(T) == 4) {
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(table) + q0, keep, v);
+    } else {
+      const __m256i h = out_dtype == Dtype::float16 ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                                                    : _mm512_cvtepi32_epi16(bf16_bits(v));
+      _mm256_mask_storeu_epi16(reinterpret_cast<std::uint16_t*>(table) + q0, keep, h);
+    }
+  }
+}
+
 #pragma GCC diagnostic pop
 #endif  // QMM_CPU_X86
 
@@ -184,6 +225,7 @@ void dequantize_rows(const DequantizeProblem& p, std::int64_t r0, std::int64_t r
   const std::int64_t words = packed_words(w.cols, w.bits), groups = w.cols / w.group_size;
   const Unpack32 unpack = unpack32_for(w.bits);
   const bool use_table = (1 << w.bits) <= w.group_size;
+  const bool vector_tables = cpu_has_avx512();
   const auto round_storage = [storage = w.dtype](float v) { return cpu::round_to(storage, v); };
   std::vector<std::uint8_t> q(static_cast<std::size_t>(w.group_size));
   T table[256];
@@ -196,7 +238,15 @@ void dequantize_rows(const DequantizeProblem& p, std::int64_t r0, std::int64_t r
       const float b = cpu::load(w.biases, w.dtype, r * groups + g);
       T* o = out + r * w.cols + g * w.group_size;
       if (use_table) {
+#if defined(QMM_CPU_X86)
+        if (vector_tables && std::isfinite(s) && std::isfinite(b)) {
+          level_table_avx512(w.bits, s, b, w.dtype, p.out_dtype, table);
+        } else {
+          level_table(w.bits, s, b, w.dtype, p.out_dtype, table);
+        }
+#else
         level_table(w.bits, s, b, w.dtype, p.out_dtype, table);
+#endif
         for (int i = 0; i < w.group_size; ++i) o[i] = table[q[i]];
       } else {
         for (int i = 0; i < w.group_size; ++i) {
