@@ -1,26 +1,26 @@
 // CPU production quantized_matmul: weight-stationary. Every weight is read from memory once per
-// call and decoded once per (row tile of x), then applied to all M rows of x while it sits in
-// registers; x is converted to float32 once per call and accumulation is float32 throughout.
+// call and decoded once per chunk of at most 8 rows of x, then applied to those rows while it
+// sits in registers; x is converted to float32 once per call and accumulation is float32
+// throughout (each weight is s*q+b rounded once to float32, then multiplied and added).
 //
-// Two code paths, chosen at run time:
-//   - AVX-512 (F, BW, VL, DQ, VBMI; e.g. Zen 4, Ice Lake and later): weights are decoded 16 at a
-//     time straight into dequantized float32 lanes. For 2 and 4 bits a vpmultishiftqb puts each
-//     element's bits in the low nibble of its lane and a vpermps looks the lane up in a 16-entry
-//     table of s*q+b built once per group, so decoding costs two instructions per 16 weights and
-//     every further row of x costs one FMA per 16 weights. 3, 5, 6 and 8 bits use a byte permute
-//     and variable shifts (or a widening load) instead.
-//   - portable C++ (any other machine): the same tiling on float32 blocks the compiler vectorises
-//     for the baseline instruction set.
-// The library is compiled for generic x86-64, so the AVX-512 code carries per-function target
-// attributes and is only called after __builtin_cpu_supports said yes. QMM_CPU_ISA=portable
-// forces the portable path (tests use it to cover the fallback on an AVX-512 machine).
+// Three code paths, chosen at run time (the library is compiled for generic x86-64, so the
+// faster ones carry target attributes and run only after __builtin_cpu_supports said yes):
+//   - AVX-512 (F, BW, VL, DQ, VBMI; e.g. Zen 4, Ice Lake and later). transpose=true, 2 and 4
+//     bits: GroupTableDecoder -- a group's words are loaded once, spread over the 16 lanes and
+//     advanced by one per-lane shift per vector, and vpermps looks each lane's low nibble up in a
+//     16-entry table of s*q+b built once per group (x is permuted within groups to match). So 16
+//     weights cost a shift and a vpermps, and each row of x one FMA. 3, 5, 6 and 8 bits decode 16
+//     consecutive elements with a byte permute and shifts, or a widening load.
+//   - generic C++ (src/cpu/matmul_generic.inc), compiled for AVX2 + FMA and for the baseline:
+//     dequantize a block to float32 in L1, then dot products / axpys the compiler vectorises.
+// QMM_CPU_ISA=avx2 or =portable lowers the choice (tests cover every path on one machine).
 //
-// transpose=true (W is N x K, the Linear layout): a thread owns a range of output columns n and
-// streams those weight rows; a tile of NT rows is decoded in lock step and each decoded vector
-// of 16 k meets up to 8 rows of x (MT) held in registers: MT*NT accumulators of 16 lanes, reduced
-// once per row at the end. transpose=false (W is K x N, grouped along n): a thread owns columns,
-// decodes a block of 32 rows x 128 columns into an L1 buffer, and applies it to the rows of x as
-// broadcast-x axpys into 24 register accumulators.
+// transpose=true (W is N x K, the Linear layout): threads take chunks of output columns n and
+// stream those weight rows; a tile of NT rows (4, 3 or 2, by M) is decoded in lock step and each
+// decoded vector of 16 k meets up to 8 rows of x held in registers: MT*NT accumulators of 16
+// lanes, reduced once per row at the end. transpose=false (W is K x N, grouped along n): threads
+// take 128-column tiles, decode a block of 32 rows into an L1 buffer, and apply it to the rows of
+// x as broadcast-x FMAs into 3 x 8 register accumulators.
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
