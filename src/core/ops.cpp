@@ -4,7 +4,6 @@
 #include "qmm/ops.h"
 
 #include <algorithm>
-#include <sstream>
 
 #include "src/core/problem.h"
 #include "src/core/runtime.h"

@@ -1,7 +1,6 @@
 #include "qmm/tensor.h"
 
 #include <cstring>
-#include <sstream>
 
 #include "qmm/ops.h"
 #include "src/core/runtime.h"
@@ -16,12 +15,12 @@ std::int64_t numel(const Shape& shape) {
 }
 
 std::string shape_to_string(const Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
+  // Plain string building, no iostreams: the Python extension links its own libstdc++ pieces,
+  // and ostream's locale facets crashed there (H100 machine, torch's Python).
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  if (shape.size() == 1) s += ",";
+  return s + ")";
 }
 
 Shape contiguous_strides(const Shape& shape) {
