@@ -143,7 +143,6 @@ BenchResult run_benchmark(Model& model, const BenchOptions& o) {
   r.fused = !w.layers.empty() && (w.layers[0].fused_qkv || w.layers[0].fused_gate_up);
   r.prefill = o.prefill;
   r.repeats = o.repeats;
-  r.programmatic_launch = cuda && cuda::programmatic_launch();
   r.linear_bytes = w.linear_bytes();
   r.weight_bytes = r.linear_bytes + w.other_bytes(1);
   r.kv_bytes = model.kv_read_bytes(1, o.prefill);
@@ -316,7 +315,7 @@ std::string format_result(const BenchResult& r) {
   if (r.prefill > 0) os << "  prefill " << r.prefill << " tokens: " << fmt("%.1f ms", r.prefill_ms) << "\n";
   os << "  verify pass of M new tokens at position " << r.prefill << " (cache not advanced), "
      << (r.graphs ? "one CUDA graph per M" : r.device == "cpu" ? "CPU" : "eager launches")
-     << (r.programmatic_launch ? " (programmatic dependent launch)" : "") << ", median of "
+     << ", median of "
      << r.repeats << "\n";
   if (!r.graph_note.empty()) os << "  note: " << r.graph_note << "\n";
   os << "\n";
@@ -373,7 +372,6 @@ std::string result_json(const BenchResult& r) {
   j["vocab_size"] = r.vocab;
   j["fused_projections"] = r.fused;
   j["cuda_graphs"] = r.graphs;
-  j["programmatic_launch"] = r.programmatic_launch;
   if (!r.graph_note.empty()) j["note"] = r.graph_note;
   j["prefill_tokens"] = r.prefill;
   j["prefill_ms"] = r.prefill_ms;

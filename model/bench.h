@@ -54,7 +54,6 @@ struct BenchResult {
   std::int64_t hidden = 0, intermediate = 0, vocab = 0;
   bool fused = true;
   bool graphs = false;
-  bool programmatic_launch = false;
   std::string graph_note;
   int prefill = 0;
   int repeats = 0;

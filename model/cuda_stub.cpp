@@ -28,8 +28,6 @@ void event_destroy(void*) noexcept {}
 void event_record(void*, void*) { no_cuda("event_record"); }
 float event_elapsed_ms(void*, void*) { no_cuda("event_elapsed_ms"); }
 double measure_read_bandwidth_gbs(std::size_t, int, void*) { no_cuda("measure_read_bandwidth_gbs"); }
-void set_programmatic_launch(bool) {}
-bool programmatic_launch() { return false; }
 void embed_rows(const std::int32_t*, int, const EmbedTable&, float*, Dtype, void*) { no_cuda("embed_rows"); }
 void rms_norm(const float*, const float*, void*, int, std::int64_t, float, Dtype, void*) { no_cuda("rms_norm"); }
 void add_rms_norm(float*, const void*, const float*, const float*, void*, int, std::int64_t, float, Dtype, void*) {

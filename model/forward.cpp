@@ -69,7 +69,6 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, const ModelOptions& op
     cuda::set_device(dev.index);
     stream_ = cuda::stream_create();
     call_.stream = Stream{stream_};
-    cuda::set_programmatic_launch(opt_.programmatic_launch && device_info(dev).compute_capability >= 90);
   }
 
   // Split length of verify passes: about two blocks per SM at one row, fixed for this model so

@@ -27,9 +27,6 @@ struct ModelOptions {
   std::int64_t max_seq = 4096;  ///< KV cache capacity in positions
   int max_verify_rows = 16;     ///< most rows of a pass whose logits are all computed
   int prefill_chunk = 512;      ///< most rows of one prefill pass
-  /// CUDA: launch qmm_model's kernels with programmatic dependent launch (sm_90+; ignored
-  /// elsewhere). Process-wide: see cuda::set_programmatic_launch.
-  bool programmatic_launch = false;
 };
 
 class Model {

@@ -42,12 +42,6 @@ float event_elapsed_ms(void* start, void* end);
 double measure_read_bandwidth_gbs(std::size_t bytes, int repeats, void* stream);
 
 // ---- kernels of the forward pass ------------------------------------------------------------
-/// Launch the kernels below with programmatic dependent launch (Hopper and newer): each may
-/// start while the previous kernel of its stream drains and waits for its results on chip.
-/// Process-wide; off by default.
-void set_programmatic_launch(bool on);
-bool programmatic_launch();
-
 /// An embedding table: quantized (MLX affine) or dense, (vocab, hidden), dtype float16/bfloat16.
 struct EmbedTable {
   bool quantized = false;

@@ -67,18 +67,6 @@ void dispatch(Dtype dtype, const char* what, F&& f) {
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
-// Programmatic dependent launch (Hopper): when on, every kernel here is launched so that it may
-// start while the previous kernel in the stream drains; its first act is to wait for that
-// kernel's results (griddepcontrol.wait, a no-op when launched normally), so the launch latency
-// overlaps the previous kernel's tail.
-bool g_programmatic_launch = false;
-
-__device__ __forceinline__ void wait_for_previous_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 template <typename... KernelArgs, typename... Args>
 void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream, const char* name,
             Args&&... args) {
@@ -87,13 +75,6 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t s
   config.blockDim = block;
   config.dynamicSmemBytes = 0;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  if (g_programmatic_launch) {
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-  }
   const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (err != cudaSuccess) throw_cuda_error(err, name, __FILE__, __LINE__);
 }
@@ -107,7 +88,6 @@ unsigned grid_for(std::int64_t work, int block) {
 
 template <typename T>
 __global__ void embed_kernel(const std::int32_t* __restrict__ tokens, EmbedTable t, float* __restrict__ h) {
-  wait_for_previous_kernel();
   const int i = blockIdx.x;
   const std::int32_t tok = tokens[i];
   float* out = h + static_cast<std::int64_t>(i) * t.hidden;
@@ -144,7 +124,6 @@ __global__ void embed_kernel(const std::int32_t* __restrict__ tokens, EmbedTable
 template <typename T>
 __global__ void rms_norm_kernel(const float* __restrict__ h, const float* __restrict__ w, T* __restrict__ out,
                                 std::int64_t hidden, float eps) {
-  wait_for_previous_kernel();
   const std::int64_t row = blockIdx.x;
   const float* x = h + row * hidden;
   float ss = 0.0f;
@@ -157,7 +136,6 @@ __global__ void rms_norm_kernel(const float* __restrict__ h, const float* __rest
 template <typename T>
 __global__ void add_rms_norm_kernel(float* __restrict__ h, const T* __restrict__ delta, const float* __restrict__ bias,
                                     const float* __restrict__ w, T* __restrict__ out, std::int64_t hidden, float eps) {
-  wait_for_previous_kernel();
   const std::int64_t row = blockIdx.x;
   float* x = h + row * hidden;
   const T* d = delta + row * hidden;
@@ -234,7 +212,6 @@ __device__ __forceinline__ void bias_norm_rope(float (&x)[D / 32], const float* 
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(QkvArgs qa, AttentionArgs a, int splits) {
-  wait_for_previous_kernel();
   using S = AttnShape<D>;
   constexpr int VPW = S::VPW, DP = S::DP, PER_LANE = S::PER_LANE, HALF = D / 2;
   __shared__ __align__(16) T ks[kTile * DP];
@@ -421,7 +398,6 @@ template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, std::int64_t gs, const T* __restrict__ up, std::int64_t us,
                               const float* __restrict__ gb, const float* __restrict__ ub, T* __restrict__ out,
                               std::int64_t n, std::int64_t inter) {
-  wait_for_previous_kernel();
   const std::int64_t total = n * inter;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -437,7 +413,6 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, std::int64_t gs, const
 template <typename T>
 __global__ void dense_linear_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int n,
                                     std::int64_t N, std::int64_t K) {
-  wait_for_previous_kernel();
   constexpr int R = 8;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * 8 + warp;
@@ -459,7 +434,6 @@ __global__ void dense_linear_kernel(const T* __restrict__ x, const T* __restrict
 
 template <typename T>
 __global__ void fill_kernel(T* dst, std::int64_t count, std::uint64_t base, std::uint64_t stream, float amp) {
-  wait_for_previous_kernel();
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     dst[i] = from_f<T>(__fmul_rn(synthetic_uniform(stream, base + static_cast<std::uint64_t>(i)), amp));
@@ -472,8 +446,6 @@ int norm_block(std::int64_t hidden) { return hidden >= 4096 ? 1024 : hidden >= 1
 
 // ---- launchers ------------------------------------------------------------------------------
 
-void set_programmatic_launch(bool on) { g_programmatic_launch = on; }
-bool programmatic_launch() { return g_programmatic_launch; }
 
 void embed_rows(const std::int32_t* tokens, int n, const EmbedTable& table, float* h, Dtype dtype, void* stream) {
   if (n <= 0) return;

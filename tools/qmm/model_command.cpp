@@ -39,7 +39,6 @@ struct ModelCliOptions {
   bool no_graphs = false;
   bool no_split = false;
   bool unfused = false;
-  bool pdl = false;
   std::int64_t max_seq = 0;
   int prefill_chunk = 512;
   int device = 0;
@@ -127,7 +126,6 @@ void run_model(const ModelCliOptions& o) {
   mo.max_seq = o.max_seq > 0 ? o.max_seq : o.prefill + mmax;
   mo.max_verify_rows = std::max(16, mmax);
   mo.prefill_chunk = o.prefill_chunk;
-  mo.programmatic_launch = o.pdl;
   model::Model m(weights, mo);
 
   model::BenchOptions bo;
@@ -181,8 +179,6 @@ void add_model_command(CLI::App& app) {
   cmd->add_flag("--no-graphs", opt->no_graphs, "Time eager launches instead of CUDA graphs");
   cmd->add_flag("--no-split", opt->no_split, "Skip the linears / attention / other split");
   cmd->add_flag("--unfused", opt->unfused, "Keep q, k, v and gate, up as separate matmuls");
-  cmd->add_flag("--pdl", opt->pdl,
-                "CUDA, sm_90+: launch qmm model's own kernels with programmatic dependent launch");
   cmd->add_option("--max-seq", opt->max_seq, "KV cache capacity (default prefill + max M)");
   cmd->add_option("--prefill-chunk", opt->prefill_chunk, "Rows per prefill pass")->capture_default_str();
   cmd->add_option("--probe-gb", opt->probe_gb, "Read-bandwidth probe size in GiB (default 2 on CUDA, 0.5 on the CPU)");
