@@ -306,6 +306,7 @@ void quantize_into(const TensorView& w, const TensorView& w_q, const TensorView&
   p.biases = biases.data;
   if (p.rows == 0 || p.cols == 0) return;
   if (w.device.type == DeviceType::cuda) {
+    detail::CudaDeviceScope on_device(w.device.index);
     detail::cuda_quantize(p, options.stream, options.kernel);
   } else {
     detail::cpu_quantize(p, options.kernel);
@@ -369,6 +370,7 @@ void dequantize_into(const TensorView& w_q, const TensorView& scales, const Tens
   p.out_dtype = out.dtype;
   if (p.w.rows == 0 || p.w.cols == 0) return;
   if (out.device.type == DeviceType::cuda) {
+    detail::CudaDeviceScope on_device(out.device.index);
     detail::cuda_dequantize(p, options.stream, options.kernel);
   } else {
     detail::cpu_dequantize(p, options.kernel);
@@ -412,6 +414,7 @@ void quantized_matmul_into(const TensorView& x, const TensorView& w_q, const Ten
   }
   if (out.numel() == 0) return;
   if (x.device.type == DeviceType::cuda) {
+    detail::CudaDeviceScope on_device(x.device.index);
     detail::cuda_quantized_matmul(plan.problems, options.stream, options.kernel);
   } else {
     detail::cpu_quantized_matmul(plan.problems, options.kernel);
@@ -445,8 +448,11 @@ LaunchInfo describe_quantized_matmul(const TensorView& x, const TensorView& w_q,
                                      const CallOptions& options) {
   MatmulPlan plan = plan_matmul(x, w_q, scales, biases, transpose, group_size, bits);
   check_kernel("quantized_matmul", x.device, options.kernel);
-  return x.device.type == DeviceType::cuda ? detail::cuda_describe(plan.problems, options.kernel)
-                                           : detail::cpu_describe(plan.problems, options.kernel);
+  if (x.device.type == DeviceType::cuda) {
+    detail::CudaDeviceScope on_device(x.device.index);
+    return detail::cuda_describe(plan.problems, options.kernel);
+  }
+  return detail::cpu_describe(plan.problems, options.kernel);
 }
 
 int cuda_device_count() { return detail::cuda_device_count(); }

@@ -15,6 +15,19 @@
 namespace qmm::detail {
 
 bool cuda_runtime_available();
+
+/// Makes `device` the current CUDA device for its lifetime (ops run on their inputs' device,
+/// whatever the caller's current device is), and restores the previous one.
+class CudaDeviceScope {
+ public:
+  explicit CudaDeviceScope(int device);
+  ~CudaDeviceScope();
+  CudaDeviceScope(const CudaDeviceScope&) = delete;
+  CudaDeviceScope& operator=(const CudaDeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+};
 void* cuda_malloc(std::size_t bytes, int device);
 void cuda_free(void* ptr, int device) noexcept;
 /// Synchronous copy between any two of host and CUDA memory.

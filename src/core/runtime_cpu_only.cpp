@@ -11,6 +11,8 @@ namespace {
 }  // namespace
 
 bool cuda_runtime_available() { return false; }
+CudaDeviceScope::CudaDeviceScope(int) {}
+CudaDeviceScope::~CudaDeviceScope() = default;
 void* cuda_malloc(std::size_t, int) { no_cuda("tensor"); }
 void cuda_free(void*, int) noexcept {}
 void cuda_copy(void*, const void*, std::size_t) { no_cuda("tensor"); }

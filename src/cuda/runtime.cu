@@ -27,6 +27,19 @@ bool cuda_runtime_available() {
   return available;
 }
 
+CudaDeviceScope::CudaDeviceScope(int device) {
+  int current = 0;
+  QMM_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != device) {
+    QMM_CUDA_CHECK(cudaSetDevice(device));
+    previous_ = current;
+  }
+}
+
+CudaDeviceScope::~CudaDeviceScope() {
+  if (previous_ >= 0) (void)cudaSetDevice(previous_);
+}
+
 void* cuda_malloc(std::size_t bytes, int device) {
   int previous = 0;
   QMM_CUDA_CHECK(cudaGetDevice(&previous));
