@@ -12,23 +12,13 @@ using format::packed_words;
 void quantize(const QuantizeProblem& p) {
   const std::int64_t words = packed_words(p.cols, p.bits);
   const std::int64_t groups = p.cols / p.group_size;
+  const std::int64_t words_per_group = p.group_size * p.bits / 32;
   for (std::int64_t r = 0; r < p.rows; ++r) {
-    std::uint32_t* row_q = p.w_q + r * words;
-    for (std::int64_t w = 0; w < words; ++w) row_q[w] = 0;
     for (std::int64_t g = 0; g < groups; ++g) {
       const std::int64_t base = r * p.cols + g * p.group_size;
-      float wmin = cpu::load(p.w, p.dtype, base);
-      float wmax = wmin;
-      for (int i = 1; i < p.group_size; ++i) {
-        const float v = cpu::load(p.w, p.dtype, base + i);
-        wmin = v < wmin ? v : wmin;
-        wmax = v > wmax ? v : wmax;
-      }
-      const format::GroupParams gp = format::affine_group_params(wmin, wmax, p.bits);
-      for (int i = 0; i < p.group_size; ++i) {
-        const float v = cpu::load(p.w, p.dtype, base + i);
-        format::insert(row_q, g * p.group_size + i, p.bits, format::affine_quantize_value(v, gp, p.bits));
-      }
+      const auto value = [&](int i) { return cpu::load(p.w, p.dtype, base + i); };
+      const format::GroupParams gp =
+          format::quantize_group(value, p.group_size, p.bits, p.w_q + r * words + g * words_per_group);
       cpu::store(p.scales, p.dtype, r * groups + g, gp.scale);
       cpu::store(p.biases, p.dtype, r * groups + g, gp.bias);
     }

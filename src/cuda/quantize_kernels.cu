@@ -19,22 +19,11 @@ __global__ void quantize_groups_kernel(QuantizeProblem p) {
     const std::int64_t r = gid / groups_per_row;
     const std::int64_t g = gid % groups_per_row;
     const std::int64_t base = r * p.cols + g * p.group_size;
-    float wmin = cuda::load_as_float(p.w, p.dtype, base);
-    float wmax = wmin;
-    for (int i = 1; i < p.group_size; ++i) {
-      const float v = cuda::load_as_float(p.w, p.dtype, base + i);
-      wmin = v < wmin ? v : wmin;
-      wmax = v > wmax ? v : wmax;
-    }
-    const format::GroupParams gp = format::affine_group_params(wmin, wmax, p.bits);
     // A group is group_size*bits/32 whole words: this thread owns them, no atomics needed.
     const std::int64_t words_per_group = p.group_size * p.bits / 32;
     std::uint32_t* gq = p.w_q + r * format::packed_words(p.cols, p.bits) + g * words_per_group;
-    for (std::int64_t w = 0; w < words_per_group; ++w) gq[w] = 0;
-    for (int i = 0; i < p.group_size; ++i) {
-      const float v = cuda::load_as_float(p.w, p.dtype, base + i);
-      format::insert(gq, i, p.bits, format::affine_quantize_value(v, gp, p.bits));
-    }
+    const auto value = [&](int i) { return cuda::load_as_float(p.w, p.dtype, base + i); };
+    const format::GroupParams gp = format::quantize_group(value, p.group_size, p.bits, gq);
     cuda::store_from_float(p.scales, p.dtype, gid, gp.scale);
     cuda::store_from_float(p.biases, p.dtype, gid, gp.bias);
   }

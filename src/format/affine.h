@@ -91,6 +91,25 @@ QMM_HD std::uint32_t affine_quantize_value(float w, GroupParams p, int bits) {
   return static_cast<std::uint32_t>(fminf(fmaxf(q, 0.0f), n));
 }
 
+/// Quantizes one group of `group_size` values, `value(i)` giving element i as float: finds the
+/// extremes, applies affine_group_params and packs every q into `group_words` (the group's
+/// group_size*bits/32 words, which this function zeroes first). Returns the float32 scale and
+/// bias, which the caller stores in the weight's dtype. The one definition every backend uses.
+template <typename ValueAt>
+QMM_HD GroupParams quantize_group(ValueAt value, int group_size, int bits, std::uint32_t* group_words) {
+  float wmin = value(0);
+  float wmax = wmin;
+  for (int i = 1; i < group_size; ++i) {
+    const float v = value(i);
+    wmin = v < wmin ? v : wmin;
+    wmax = v > wmax ? v : wmax;
+  }
+  const GroupParams gp = affine_group_params(wmin, wmax, bits);
+  for (int w = 0; w < group_size * bits / 32; ++w) group_words[w] = 0;
+  for (int i = 0; i < group_size; ++i) insert(group_words, i, bits, affine_quantize_value(value(i), gp, bits));
+  return gp;
+}
+
 /// IEEE float product and sum that the compiler may not fuse into an FMA: the format's results
 /// must not depend on contraction (the host build also uses -ffp-contract=off).
 QMM_HD float mul_rn(float a, float b) {
