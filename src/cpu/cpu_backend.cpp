@@ -43,6 +43,29 @@ LaunchInfo cpu_describe(const std::vector<MatmulProblem>& problems, const std::s
   return info;
 }
 
+namespace {
+/// The largest cache the kernel reports in sysfs ("32768K"); glibc's sysconf figure can be far
+/// off on virtual machines (335 MB reported where sysfs says 32 MB), so it is only a fallback.
+std::int64_t last_level_cache_bytes() {
+  std::int64_t best = 0;
+  for (int index = 0; index < 8; ++index) {
+    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    std::string text;
+    if (!(f >> text) || text.empty()) continue;
+    std::int64_t value = 0;
+    std::size_t i = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') value = value * 10 + (text[i++] - '0');
+    const char unit = i < text.size() ? text[i] : ' ';
+    value *= unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
+    best = std::max(best, value);
+  }
+  if (best > 0) return best;
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  return l3 > 0 ? l3 : (l2 > 0 ? l2 : 0);
+}
+}  // namespace
+
 DeviceInfo cpu_device_info() {
   DeviceInfo d;
   d.device = Device::cpu();
@@ -58,9 +81,7 @@ DeviceInfo cpu_device_info() {
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page = sysconf(_SC_PAGE_SIZE);
   if (pages > 0 && page > 0) d.memory_bytes = static_cast<std::int64_t>(pages) * page;
-  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  d.l2_bytes = l3 > 0 ? l3 : (l2 > 0 ? l2 : 0);
+  d.l2_bytes = last_level_cache_bytes();
   return d;
 }
 
