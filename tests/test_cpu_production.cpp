@@ -46,9 +46,10 @@ class IsaScope {
   bool had_ = false;
 };
 
-/// The machine's best path, the generic code built for AVX2 and for the baseline (each is
-/// skipped for what the machine lacks: QMM_CPU_ISA only lowers the choice).
-const char* const kIsas[] = {"", "avx2", "portable"};
+/// The machine's best path (with the BF16 kernel for 16-bit activations where the CPU has
+/// AVX512_BF16), AVX-512 without it, and the generic code built for AVX2 and for the baseline.
+/// QMM_CPU_ISA only lowers the choice, so on a machine without a feature two entries coincide.
+const char* const kIsas[] = {"", "avx512", "avx2", "portable"};
 
 using Config = std::tuple<int, int, Dtype>;  // bits, group_size, dtype of x and of the weight
 

@@ -80,9 +80,17 @@ void store_floats(void* out, Dtype dtype, std::int64_t first, const float* v, st
 struct AlignedDelete {
   void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
 };
+struct AlignedDelete16 {
+  void operator()(std::uint16_t* p) const { ::operator delete[](p, std::align_val_t{64}); }
+};
 /// Uninitialised floats on a 64-byte (cache line, zmm) boundary.
 float* aligned_floats(std::int64_t count) {
   return static_cast<float*>(::operator new[](static_cast<std::size_t>(count) * sizeof(float), std::align_val_t{64}));
+}
+/// Uninitialised 16-bit values on a 64-byte boundary.
+std::uint16_t* aligned_halves(std::int64_t count) {
+  return static_cast<std::uint16_t*>(
+      ::operator new[](static_cast<std::size_t>(count) * sizeof(std::uint16_t), std::align_val_t{64}));
 }
 
 /// Splits `total` rows into `parts` chunks as equal as possible; chunk c is [begin, end).
@@ -93,8 +101,8 @@ struct Chunks {
 };
 
 /// The code paths, best last: the generic C++ for the baseline instruction set, the same built
-/// for AVX2 + FMA, and the AVX-512 kernels.
-enum class Isa { portable, avx2, avx512 };
+/// for AVX2 + FMA, the AVX-512 kernels, and those plus the BF16 kernel for 16-bit activations.
+enum class Isa { portable, avx2, avx512, avx512_bf16 };
 
 Isa machine_isa() {
 #if defined(QMM_CPU_X86)
@@ -104,7 +112,8 @@ Isa machine_isa() {
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                         __builtin_cpu_supports("avx512vbmi");
-    return avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::portable;
+    if (avx512) return __builtin_cpu_supports("avx512bf16") ? Isa::avx512_bf16 : Isa::avx512;
+    return avx2 ? Isa::avx2 : Isa::portable;
   }();
   return isa;
 #else
@@ -112,14 +121,16 @@ Isa machine_isa() {
 #endif
 }
 
-/// The machine's best path, or a lower one that QMM_CPU_ISA asks for ("portable", "avx2"); read
-/// per call so that a test can cover every path in one process.
+/// The machine's best path, or a lower one that QMM_CPU_ISA asks for ("portable", "avx2",
+/// "avx512" = without the BF16 kernel); read per call so that a test can cover every path in one
+/// process.
 Isa selected_isa() {
   const Isa best = machine_isa();
   const char* env = std::getenv("QMM_CPU_ISA");
   if (env == nullptr) return best;
   if (std::strcmp(env, "portable") == 0) return Isa::portable;
   if (std::strcmp(env, "avx2") == 0) return std::min(best, Isa::avx2);
+  if (std::strcmp(env, "avx512") == 0) return std::min(best, Isa::avx512);
   return best;
 }
 
@@ -386,11 +397,16 @@ struct StreamDecoder {
   }
 };
 
-/// How far ahead of each weight row the micro-kernel prefetches. A tile streams NT rows at once
-/// and the hardware prefetchers stop at every 4 KiB page, so without help each core stalls on
-/// DRAM; 12 KiB ahead (the next tile or two) measured best on Zen 4: one core at M=1 went from
-/// 5.3 ms to ~4.2 ms on gate_up (4 KiB pages), M=4 and M=8 gained ~10-15 % too.
-constexpr std::int64_t kPrefetchBytes = 12 * 1024;
+/// Prefetches weight bytes kPrefetchBytes ahead of a row being decoded, into L2. A tile streams
+/// NT rows at once and the hardware prefetchers stop at every 4 KiB page, so without help each
+/// core stalls on DRAM. Measured on Zen 4, one core, cold gate_up: no prefetch 5.2 ms at M=1,
+/// 12 KiB ahead into L1 3.0-3.5 ms, 24-48 KiB ahead into L2 2.7-2.9 ms (32 KiB kept); M=4 and
+/// M=8 gain 10-15 % as well. (The distance is in bytes of a row; rows are contiguous, so far
+/// ahead means the next tiles' rows.)
+constexpr std::int64_t kPrefetchBytes = 32 * 1024;
+QMM_AVX512 inline void prefetch_weights(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T1);
+}
 
 /// transpose=true micro-kernel: NT weight rows x MT rows of x over all of K.
 ///   w_rows[r]: packed row r of the tile; s, b: its float32 scales and biases (row stride
@@ -416,7 +432,7 @@ QMM_AVX512 void transposed_tile(const Dec& dec, const std::uint32_t* const* w_ro
 #pragma GCC unroll 8
     for (int r = 0; r < NT; ++r) {
       state[r] = dec.start(w_rows[r] + gi * group_words, k0, s + r * groups + gi, b + r * groups + gi);
-      _mm_prefetch(reinterpret_cast<const char*>(w_rows[r]) + gi * group_bytes + kPrefetchBytes, _MM_HINT_T0);
+      prefetch_weights(reinterpret_cast<const char*>(w_rows[r]) + gi * group_bytes);
     }
     const float* xg = x + k0;
 #pragma GCC unroll 8
@@ -681,12 +697,236 @@ void avx512_dispatch(const MatmulProblem& p, const float* x, std::int64_t ldx) {
     default: return avx512_matmul<8>(p, x, ldx);
   }
 }
+// ---- AVX-512 BF16 path: 4-bit weights, float16/bfloat16 activations, M <= 2 -------------------
+//
+// With 16-bit activations the products can come from vdpbf16ps, which multiplies 32 bf16 pairs
+// per instruction: the levels q (0..15) are exact in bf16, and x splits exactly into bf16
+// pieces -- one for bfloat16, two for float16 (hi = x rounded to bf16, lo = x - hi; 11 bits fit
+// in 8 + 8). Decoding then fills 32 lanes per vpermw instead of 16 per vpermps, which is what
+// limits small M. The scale and bias move out of the table: per group and row of x,
+//     sum_k x q s + b x  =  s * (sum_k x q)  +  b * (sum_k x),
+// with sum x q accumulated in float32 by vdpbf16ps (products exact), scaled by s once per group,
+// and the b * sum x terms added per output from per-group sums of x computed once per call. This
+// is the arithmetic DESIGN.md section 4 describes for the GPU; the error bound is the same
+// float32 one. Measured (one core, weights in L2): M=1 6.2 -> 7.6 weights/cycle, M=2 4.3 -> 4.7;
+// at M=3 and beyond the per-group scaling costs more than the decoding saves (3.6 -> 3.1 at
+// M=3), and float32 activations would need three pieces: those stay on the FMA path.
+#define QMM_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+/// GroupTableDecoder for 16-bit lanes: a group of G 4-bit elements is D = G / 4 halfwords,
+/// replicated R = 32 / D times over the 32 lanes; lane L = r * D + j is pre-shifted by 4 r, so
+/// vector v holds element 4 j + v R + r in the low bits of lane L, and vpermw looks it up in a
+/// constant 32-entry table of bf16(q) (the index's bit 4 belongs to the next element, so the
+/// table repeats).
+template <int G>
+struct Bf16GroupDecoder {
+  static constexpr int kHalfwords = G / 4, kReplicas = 32 / kHalfwords, kVectors = G / 32;
+  __m512i base, table;
+  QMM_AVX512_BF16 Bf16GroupDecoder() {
+    alignas(64) std::uint16_t sh[32], t[32];
+    for (int l = 0; l < 32; ++l) {
+      sh[l] = static_cast<std::uint16_t>(4 * (l / kHalfwords));
+      t[l] = float_to_bfloat16_bits(static_cast<float>(l & 15));
+    }
+    base = _mm512_load_si512(sh);
+    table = _mm512_load_si512(t);
+  }
+  static int element_at(int p) {
+    const int v = p / 32, l = p % 32;
+    return 4 * (l % kHalfwords) + v * kReplicas + l / kHalfwords;
+  }
+  /// The group's G / 8 words, replicated and pre-shifted.
+  QMM_AVX512_BF16 __m512i load(const std::uint32_t* w) const {
+    __m512i v;
+    if constexpr (G == 32) {
+      v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    } else if constexpr (G == 64) {
+      v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    } else {
+      v = _mm512_loadu_si512(w);
+    }
+    return _mm512_srlv_epi16(v, base);
+  }
+  QMM_AVX512_BF16 __m512bh levels(__m512i data) const {
+    return reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(data, table));
+  }
+  QMM_AVX512_BF16 static __m512i advance(__m512i data) { return _mm512_srli_epi16(data, 4 * kReplicas); }
+};
+
+/// result[m * NT + r] = sum_g s[r, g] * sum_{k in g} x[m, k] q[r, k] for NT weight rows and MT
+/// rows of x. xp: bf16 pieces of x, piece p of row m at xp + (m * kPieces + p) * ldp, permuted
+/// within groups as the decoder wants.
+template <int G, int MT, int NT, int kPieces>
+QMM_AVX512_BF16 void bf16_tile(const Bf16GroupDecoder<G>& dec, const std::uint32_t* const* w_rows, const float* s,
+                               std::int64_t groups, const std::uint16_t* xp, std::int64_t ldp, float* result) {
+  constexpr std::int64_t kGroupWords = G / 8;
+  __m512 acc[NT][MT];
+#pragma GCC unroll 8
+  for (int r = 0; r < NT; ++r) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_setzero_ps();
+  }
+  for (std::int64_t gi = 0; gi < groups; ++gi) {
+    __m512i data[NT];
+    __m512 group_acc[NT][MT];
+#pragma GCC unroll 8
+    for (int r = 0; r < NT; ++r) {
+      data[r] = dec.load(w_rows[r] + gi * kGroupWords);
+      prefetch_weights(w_rows[r] + gi * kGroupWords);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) group_acc[r][m] = _mm512_setzero_ps();
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < Bf16GroupDecoder<G>::kVectors; ++v) {
+      __m512bh q[NT];
+#pragma GCC unroll 8
+      for (int r = 0; r < NT; ++r) {
+        q[r] = dec.levels(data[r]);
+        data[r] = dec.advance(data[r]);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) {
+#pragma GCC unroll 2
+        for (int piece = 0; piece < kPieces; ++piece) {
+          const __m512bh xv = reinterpret_cast<__m512bh>(
+              _mm512_load_si512(xp + (m * kPieces + piece) * ldp + gi * G + 32 * v));
+#pragma GCC unroll 8
+          for (int r = 0; r < NT; ++r) group_acc[r][m] = _mm512_dpbf16_ps(group_acc[r][m], q[r], xv);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NT; ++r) {
+      const __m512 sv = _mm512_broadcastss_ps(_mm_load_ss(s + r * groups + gi));
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_fmadd_ps(group_acc[r][m], sv, acc[r][m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) {
+#pragma GCC unroll 8
+    for (int r = 0; r < NT; ++r) result[m * NT + r] = hsum(acc[r][m]);
+  }
+}
+
+/// sum_i a[i] * b[i], 16 lanes at a time.
+QMM_AVX512_BF16 float dot_avx512(const float* a, const float* b, std::int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a + i), _mm512_maskz_loadu_ps(tail, b + i), acc);
+  }
+  return hsum(acc);
+}
+
+/// Weight-row tiles [t0, t1): the tile kernel for the sum x q s part, then the b * sum x part.
+template <int G, int MT, int NT, int kPieces>
+QMM_AVX512_BF16 void bf16_tiles(const MatmulProblem& p, const std::uint16_t* xp, std::int64_t ldp, const float* xsum,
+                                std::int64_t t0, std::int64_t t1) {
+  const auto& w = p.w;
+  const std::int64_t N = p.N, K = p.K, words = format::packed_words(K, 4), groups = K / G;
+  const Bf16GroupDecoder<G> dec;
+  float out[MT * NT];
+  std::vector<float> sbuf, bbuf, spad;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
+    const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
+    const float* b = scales_as_float(w.biases, w.dtype, n0 * groups, rows * groups, bbuf);
+    if (rows < NT) {  // the partial last tile repeats its last row; those results are dropped
+      spad.assign(s, s + rows * groups);
+      for (std::int64_t r = rows; r < NT; ++r) spad.insert(spad.end(), s + (rows - 1) * groups, s + rows * groups);
+      s = spad.data();
+    }
+    const std::uint32_t* w_rows[NT];
+    for (int r = 0; r < NT; ++r) w_rows[r] = w.w_q + (n0 + std::min<std::int64_t>(r, rows - 1)) * words;
+    bf16_tile<G, MT, NT, kPieces>(dec, w_rows, s, groups, xp, ldp, out);
+    for (int m = 0; m < MT; ++m) {
+      for (std::int64_t r = 0; r < rows; ++r) out[m * NT + r] += dot_avx512(b + r * groups, xsum + m * groups, groups);
+      store_floats(p.out, p.out_dtype, m * N + n0, out + m * NT, rows);
+    }
+  }
+}
+
+/// Rounds float32 to bfloat16 bits like float_to_bfloat16_bits for every non-NaN value (x is
+/// finite here or the output is NaN anyway).
+QMM_AVX512_BF16 __m256i bf16_round(__m512 v) {
+  const __m512i x = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16));
+}
+
+/// x as bf16 pieces (hi, and lo = x - hi for float16), permuted within groups, and its
+/// per-group sums in float32.
+template <int G, int kPieces>
+QMM_AVX512_BF16 void bf16_prepare_x(const MatmulProblem& p, std::uint16_t* xp, std::int64_t ldp, float* xsum) {
+  const std::int64_t K = p.K, groups = K / G;
+  std::vector<float> row(static_cast<std::size_t>(K)), permuted(static_cast<std::size_t>(K));
+  alignas(64) std::int32_t perm[G];
+  for (int i = 0; i < G; ++i) perm[i] = Bf16GroupDecoder<G>::element_at(i);
+  for (std::int64_t m = 0; m < p.M; ++m) {
+    convert_to_float(static_cast<const char*>(p.x) + static_cast<std::size_t>(m * K) * itemsize(p.x_dtype), p.x_dtype, K,
+                     row.data());
+    for (std::int64_t g = 0; g < groups; ++g) {
+      const float* xg = row.data() + g * G;
+      __m512 sum = _mm512_loadu_ps(xg);
+      for (int i = 16; i < G; i += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(xg + i));
+      xsum[m * groups + g] = hsum(sum);
+      for (int i = 0; i < G; i += 16) {
+        _mm512_storeu_ps(permuted.data() + g * G + i, _mm512_i32gather_ps(_mm512_load_si512(perm + i), xg, 4));
+      }
+    }
+    std::uint16_t* hi_dst = xp + (m * kPieces) * ldp;
+    for (std::int64_t k = 0; k < K; k += 16) {
+      const __m512 v = _mm512_loadu_ps(permuted.data() + k);
+      const __m256i hi = bf16_round(v);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(hi_dst + k), hi);
+      if constexpr (kPieces == 2) {
+        const __m512 hi_f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(hi_dst + ldp + k), bf16_round(_mm512_sub_ps(v, hi_f)));
+      }
+    }
+  }
+}
+
+template <int G, int MT, int NT, int kPieces>
+void bf16_matmul_shape(const MatmulProblem& p) {
+  const std::int64_t groups = p.K / G, ldp = p.K + 32;  // rows 64-byte aligned
+  std::unique_ptr<std::uint16_t[], AlignedDelete16> xp(aligned_halves(p.M * kPieces * ldp));
+  std::vector<float> xsum(static_cast<std::size_t>(p.M * groups));
+  bf16_prepare_x<G, kPieces>(p, xp.get(), ldp, xsum.data());
+  const std::int64_t tiles = (p.N + NT - 1) / NT;
+  cpu::parallel_for(tiles, 4, [&](std::int64_t t0, std::int64_t t1) {
+    bf16_tiles<G, MT, NT, kPieces>(p, xp.get(), ldp, xsum.data(), t0, t1);
+  });
+}
+
+template <int G, int kPieces>
+void bf16_matmul_group(const MatmulProblem& p) {
+  if (p.M == 1) return bf16_matmul_shape<G, 1, 4, kPieces>(p);
+  return bf16_matmul_shape<G, 2, 4, kPieces>(p);
+}
+
+/// Runs the BF16 path when it applies (returns false otherwise).
+bool avx512_bf16_matmul(const MatmulProblem& p) {
+  if (!p.transpose || p.w.bits != 4 || p.M > 2) return false;
+  if (p.x_dtype != Dtype::float16 && p.x_dtype != Dtype::bfloat16) return false;
+  const bool two = p.x_dtype == Dtype::float16;
+  switch (p.w.group_size) {
+    case 32: two ? bf16_matmul_group<32, 2>(p) : bf16_matmul_group<32, 1>(p); break;
+    case 64: two ? bf16_matmul_group<64, 2>(p) : bf16_matmul_group<64, 1>(p); break;
+    default: two ? bf16_matmul_group<128, 2>(p) : bf16_matmul_group<128, 1>(p); break;
+  }
+  return true;
+}
+
 #pragma GCC diagnostic pop
 #endif  // QMM_CPU_X86
 
 }  // namespace
 
-bool cpu_has_avx512() { return selected_isa() == Isa::avx512; }
+bool cpu_has_avx512() { return selected_isa() >= Isa::avx512; }
 
 void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* dst) {
   if (dtype == Dtype::float32) {
@@ -694,7 +934,7 @@ void convert_to_float(const void* src, Dtype dtype, std::int64_t count, float* d
     return;
   }
 #if defined(QMM_CPU_X86)
-  if (machine_isa() == Isa::avx512) return convert_to_float_avx512(src, dtype, count, dst);
+  if (machine_isa() >= Isa::avx512) return convert_to_float_avx512(src, dtype, count, dst);
 #endif
   for (std::int64_t i = 0; i < count; ++i) dst[i] = cpu::load(src, dtype, i);
 }
@@ -708,9 +948,12 @@ void quantized_matmul(const MatmulProblem& p) {
   }
   const Isa isa = selected_isa();
   (void)isa;  // only the x86 build has a choice
+#if defined(QMM_CPU_X86)
+  if (isa == Isa::avx512_bf16 && avx512_bf16_matmul(p)) return;
+#endif
   std::vector<int> perm;
 #if defined(QMM_CPU_X86)
-  if (isa == Isa::avx512) perm = avx512_x_permutation(p);
+  if (isa >= Isa::avx512) perm = avx512_x_permutation(p);
 #endif
   // x as float32, converted (or copied) once, 64-byte aligned, with rows 64 bytes longer than K:
   // rows whose stride is a multiple of 4 KiB (K = 5120 floats is 20 KiB) all fall into the same
@@ -733,7 +976,7 @@ void quantized_matmul(const MatmulProblem& p) {
   }
   const float* x = x_buf.get();
 #if defined(QMM_CPU_X86)
-  if (isa == Isa::avx512) return avx512_dispatch(p, x, ldx);
+  if (isa >= Isa::avx512) return avx512_dispatch(p, x, ldx);
   if (isa == Isa::avx2) {
     return p.transpose ? generic_avx2::matmul_transposed(p, x, ldx) : generic_avx2::matmul_plain(p, x, ldx);
   }
