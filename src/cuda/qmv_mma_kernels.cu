@@ -302,11 +302,9 @@ MmaParams make_params(const MatmulProblem& p, const cuda_dispatch::KernelConfig&
 template <typename T, int Bits, int TokenTiles>
 void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
   MmaParams q = make_params(p, config);
-  const std::size_t fragment_bytes = static_cast<std::size_t>(kMmaThreads) * 2 * TokenTiles * 4 * sizeof(float);
   char* ws = static_cast<char*>(stream_workspace(stream, WorkspacePurpose::mma_stream_k, qmv_mma_workspace_bytes(p, config)));
   q.counters = reinterpret_cast<int*>(ws);
   q.partials = reinterpret_cast<float*>(ws + counters_bytes(q.row_blocks));
-  (void)fragment_bytes;
   const int rows_per_pass = 8 * TokenTiles;
   for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
     q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
