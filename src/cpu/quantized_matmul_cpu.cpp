@@ -711,7 +711,7 @@ void avx512_dispatch(const MatmulProblem& p, const float* x, std::int64_t ldx) {
 // float32 one. Measured (one core, weights in L2): M=1 6.2 -> 7.6 weights/cycle, M=2 4.3 -> 4.7;
 // at M=3 and beyond the per-group scaling costs more than the decoding saves (3.6 -> 3.1 at
 // M=3), and float32 activations would need three pieces: those stay on the FMA path.
-#define QMM_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define QMM_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,fma,f16c")))
 
 /// GroupTableDecoder for 16-bit lanes: a group of G 4-bit elements is D = G / 4 halfwords,
 /// replicated R = 32 / D times over the 32 lanes; lane L = r * D + j is pre-shifted by 4 r, so
