@@ -97,6 +97,34 @@ TEST_P(CpuProduction, MatmulAgreesWithReferenceAcrossTiles) {
   }
 }
 
+// The BF16 kernel (4-bit, M <= 2) splits x into bf16 pieces that vdpbf16ps would flush if they
+// were subnormal; x with tiny nonzero values must take the FMA kernel and still be right.
+TEST(CpuProductionTinyActivations, FallBackAndAgree) {
+  std::mt19937 rng(99);
+  const std::int64_t N = 37, K = 256;
+  CallOptions ref;
+  ref.kernel = "reference";
+  for (Dtype dtype : {Dtype::float32, Dtype::bfloat16, Dtype::float16}) {
+    const QuantizedWeights q = quantize(random_tensor({N, K}, dtype, rng, 0.5f, 0.05f), 64, 4, ref);
+    for (std::int64_t M : {1, 2}) {
+      std::vector<float> xv = random_tensor({M, K}, Dtype::float32, rng).to_floats();
+      xv[3] = 1.0e-33f;  // a float32 / bfloat16 normal far below 2^-100 (float16: rounds to 0)
+      xv[static_cast<std::size_t>(K + 7) % xv.size()] = -3.0e-36f;
+      const Tensor x = Tensor::from_floats(xv, {M, K}, dtype);
+      const MatmulMagnitudes mags = matmul_magnitudes(x, q.w_q, q.scales, q.biases, true, 64, 4, M, K, N);
+      const Tensor expected = Tensor::empty({M, N}, dtype);
+      quantized_matmul_into(x, q.w_q, q.scales, q.biases, expected, true, 64, 4, ref);
+      const Tensor out = poisoned({M, N}, dtype);
+      quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4);
+      for (std::int64_t i = 0; i < M * N; ++i) {
+        const double tol = float32_path_tolerance(K, dtype, mags.exact[i], mags.magnitude[i]);
+        ASSERT_LE(std::fabs(element(out, i) - element(expected, i)), tol)
+            << dtype_name(dtype) << " M=" << M << " out" << index_string({M, N}, i);
+      }
+    }
+  }
+}
+
 /// Weights whose groups are, in turn: random, constant, all zero, exact ties between levels,
 /// huge, tiny, all negative, NaN first, NaN inside, +inf inside.
 Tensor nasty_weights(std::int64_t rows, std::int64_t cols, int group_size, Dtype dtype, std::mt19937& rng) {

@@ -697,20 +697,21 @@ void avx512_dispatch(const MatmulProblem& p, const float* x, std::int64_t ldx) {
     default: return avx512_matmul<8>(p, x, ldx);
   }
 }
-// ---- AVX-512 BF16 path: 4-bit weights, float16/bfloat16 activations, M <= 2 -------------------
+// ---- AVX-512 BF16 path: 4-bit weights, M <= 2 ------------------------------------------------
 //
-// With 16-bit activations the products can come from vdpbf16ps, which multiplies 32 bf16 pairs
-// per instruction: the levels q (0..15) are exact in bf16, and x splits exactly into bf16
-// pieces -- one for bfloat16, two for float16 (hi = x rounded to bf16, lo = x - hi; 11 bits fit
-// in 8 + 8). Decoding then fills 32 lanes per vpermw instead of 16 per vpermps, which is what
-// limits small M. The scale and bias move out of the table: per group and row of x,
-//     sum_k x q s + b x  =  s * (sum_k x q)  +  b * (sum_k x),
-// with sum x q accumulated in float32 by vdpbf16ps (products exact), scaled by s once per group,
-// and the b * sum x terms added per output from per-group sums of x computed once per call. This
-// is the arithmetic DESIGN.md section 4 describes for the GPU; the error bound is the same
-// float32 one. Measured (one core, weights in L2): M=1 6.2 -> 7.6 weights/cycle, M=2 4.3 -> 4.7;
-// at M=3 and beyond the per-group scaling costs more than the decoding saves (3.6 -> 3.1 at
-// M=3), and float32 activations would need three pieces: those stay on the FMA path.
+// vdpbf16ps multiplies 32 bf16 pairs per instruction and accumulates in float32. The levels q
+// (0..15) are exact in bf16, and x splits exactly into bf16 pieces: one for bfloat16, two for
+// float16 (11 significant bits in 8 + 8), three for float32 (24 bits). Decoding then fills 32
+// lanes per vpermw instead of 16 per vpermps, which is what limits small M. The scale and bias
+// move out of the table: per group and row of x,
+//     sum_k x (s q + b)  =  s * (sum_k x q)  +  b * (sum_k x),
+// with sum x q accumulated in float32 by vdpbf16ps (every product exact), scaled by s once per
+// group, and the b * sum x terms added per output from per-group sums of x computed once per
+// call. This is the arithmetic DESIGN.md section 4 describes for the GPU; the error bound is the
+// float32 one. Measured (one core, weights in L2): float16 M=1 6.2 -> 8.3 weights/cycle, M=2
+// 4.3 -> 5.2; at M=3 and beyond the per-group scaling costs more than the decoding saves (3.6 ->
+// 3.1 at M=3), and float32 gains only at M=1 (k_v: 126 -> 98 us hot), so the rest stays on the
+// FMA kernels.
 #define QMM_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,fma,f16c")))
 
 /// GroupTableDecoder for 16-bit lanes: a group of G 4-bit elements is D = G / 4 halfwords,
@@ -786,7 +787,7 @@ QMM_AVX512_BF16 void bf16_tile(const Bf16GroupDecoder<G>& dec, const std::uint32
       }
 #pragma GCC unroll 8
       for (int m = 0; m < MT; ++m) {
-#pragma GCC unroll 2
+#pragma GCC unroll 3
         for (int piece = 0; piece < kPieces; ++piece) {
           const __m512bh xv = reinterpret_cast<__m512bh>(
               _mm512_load_si512(xp + (m * kPieces + piece) * ldp + gi * G + 32 * v));
@@ -857,68 +858,88 @@ QMM_AVX512_BF16 __m256i bf16_round(__m512 v) {
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16));
 }
 
-/// x as bf16 pieces (hi, and lo = x - hi for float16), permuted within groups, and its
-/// per-group sums in float32.
+/// x as bf16 pieces, permuted within groups, and its per-group sums in float32. Piece 0 is x
+/// rounded to bf16 and each further piece the rest rounded again: with kPieces = 1 for bfloat16,
+/// 2 for float16 (11 significant bits) and 3 for float32 (24), the pieces add up to x exactly.
+/// Returns false, having written nothing useful, if x holds a nonzero |x| < 2^-100: vdpbf16ps
+/// treats bf16 subnormals as zero and flushes subnormal sums, and with every nonzero piece at
+/// least 2^-100 * 2^-17 (and a multiple of 2^-123) neither can happen.
 template <int G, int kPieces>
-QMM_AVX512_BF16 void bf16_prepare_x(const MatmulProblem& p, std::uint16_t* xp, std::int64_t ldp, float* xsum) {
+QMM_AVX512_BF16 bool bf16_prepare_x(const MatmulProblem& p, std::uint16_t* xp, std::int64_t ldp, float* xsum) {
   const std::int64_t K = p.K, groups = K / G;
   std::vector<float> row(static_cast<std::size_t>(K)), permuted(static_cast<std::size_t>(K));
   alignas(64) std::int32_t perm[G];
   for (int i = 0; i < G; ++i) perm[i] = Bf16GroupDecoder<G>::element_at(i);
+  const __m512 tiny = _mm512_set1_ps(0x1p-100f);
   for (std::int64_t m = 0; m < p.M; ++m) {
     convert_to_float(static_cast<const char*>(p.x) + static_cast<std::size_t>(m * K) * itemsize(p.x_dtype), p.x_dtype, K,
                      row.data());
+    __mmask16 too_small = 0;
     for (std::int64_t g = 0; g < groups; ++g) {
       const float* xg = row.data() + g * G;
-      __m512 sum = _mm512_loadu_ps(xg);
-      for (int i = 16; i < G; i += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(xg + i));
-      xsum[m * groups + g] = hsum(sum);
+      __m512 sum = _mm512_setzero_ps();
       for (int i = 0; i < G; i += 16) {
+        const __m512 v = _mm512_loadu_ps(xg + i);
+        sum = _mm512_add_ps(sum, v);
+        const __m512 a = _mm512_abs_ps(v);
+        too_small |= _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ) & _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_OQ);
         _mm512_storeu_ps(permuted.data() + g * G + i, _mm512_i32gather_ps(_mm512_load_si512(perm + i), xg, 4));
       }
+      xsum[m * groups + g] = hsum(sum);
     }
-    std::uint16_t* hi_dst = xp + (m * kPieces) * ldp;
+    if (too_small != 0) return false;
     for (std::int64_t k = 0; k < K; k += 16) {
-      const __m512 v = _mm512_loadu_ps(permuted.data() + k);
-      const __m256i hi = bf16_round(v);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(hi_dst + k), hi);
-      if constexpr (kPieces == 2) {
-        const __m512 hi_f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(hi_dst + ldp + k), bf16_round(_mm512_sub_ps(v, hi_f)));
+      __m512 rest = _mm512_loadu_ps(permuted.data() + k);
+#pragma GCC unroll 3
+      for (int pc = 0; pc < kPieces; ++pc) {
+        const __m256i piece = bf16_round(rest);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(xp + (m * kPieces + pc) * ldp + k), piece);
+        rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(piece), 16)));
       }
     }
   }
+  return true;
 }
 
 template <int G, int MT, int NT, int kPieces>
-void bf16_matmul_shape(const MatmulProblem& p) {
+bool bf16_matmul_shape(const MatmulProblem& p) {
   const std::int64_t groups = p.K / G, ldp = p.K + 32;  // rows 64-byte aligned
   std::unique_ptr<std::uint16_t[], AlignedDelete16> xp(aligned_halves(p.M * kPieces * ldp));
   std::vector<float> xsum(static_cast<std::size_t>(p.M * groups));
-  bf16_prepare_x<G, kPieces>(p, xp.get(), ldp, xsum.data());
+  if (!bf16_prepare_x<G, kPieces>(p, xp.get(), ldp, xsum.data())) return false;
   const std::int64_t tiles = (p.N + NT - 1) / NT;
   cpu::parallel_for(tiles, 4, [&](std::int64_t t0, std::int64_t t1) {
     bf16_tiles<G, MT, NT, kPieces>(p, xp.get(), ldp, xsum.data(), t0, t1);
   });
+  return true;
 }
 
 template <int G, int kPieces>
-void bf16_matmul_group(const MatmulProblem& p) {
+bool bf16_matmul_group(const MatmulProblem& p) {
   if (p.M == 1) return bf16_matmul_shape<G, 1, 4, kPieces>(p);
   return bf16_matmul_shape<G, 2, 4, kPieces>(p);
 }
 
-/// Runs the BF16 path when it applies (returns false otherwise).
-bool avx512_bf16_matmul(const MatmulProblem& p) {
-  if (!p.transpose || p.w.bits != 4 || p.M > 2) return false;
-  if (p.x_dtype != Dtype::float16 && p.x_dtype != Dtype::bfloat16) return false;
-  const bool two = p.x_dtype == Dtype::float16;
+template <int kPieces>
+bool bf16_matmul_pieces(const MatmulProblem& p) {
   switch (p.w.group_size) {
-    case 32: two ? bf16_matmul_group<32, 2>(p) : bf16_matmul_group<32, 1>(p); break;
-    case 64: two ? bf16_matmul_group<64, 2>(p) : bf16_matmul_group<64, 1>(p); break;
-    default: two ? bf16_matmul_group<128, 2>(p) : bf16_matmul_group<128, 1>(p); break;
+    case 32: return bf16_matmul_group<32, kPieces>(p);
+    case 64: return bf16_matmul_group<64, kPieces>(p);
+    default: return bf16_matmul_group<128, kPieces>(p);
   }
-  return true;
+}
+
+/// Runs the BF16 path when it applies (returns false otherwise): 4-bit weights, transpose=true,
+/// bfloat16 or float16 x at M <= 2, float32 x at M = 1 (three pieces per element: past one row
+/// the extra products cost more than the cheaper decoding saves).
+bool avx512_bf16_matmul(const MatmulProblem& p) {
+  if (!p.transpose || p.w.bits != 4) return false;
+  switch (p.x_dtype) {
+    case Dtype::bfloat16: return p.M <= 2 && bf16_matmul_pieces<1>(p);
+    case Dtype::float16: return p.M <= 2 && bf16_matmul_pieces<2>(p);
+    case Dtype::float32: return p.M == 1 && bf16_matmul_pieces<3>(p);
+    default: return false;
+  }
 }
 
 #pragma GCC diagnostic pop
