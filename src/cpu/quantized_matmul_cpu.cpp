@@ -501,7 +501,9 @@ QMM_AVX512 void avx512_transposed_tiles(const MatmulProblem& p, const float* x, 
   const Chunks m_chunks{M, (M + Shape::kMaxRows - 1) / Shape::kMaxRows};
   const Dec dec(w.group_size);
   float out[Shape::kMaxRows * NT];
-  std::vector<float> sbuf, bbuf, spad, bpad;
+  // Per thread, kept across calls: a chunk of tiles is short for small layers, and allocating
+  // the scale buffers per chunk showed up there.
+  thread_local std::vector<float> sbuf, bbuf, spad, bpad;
   for (std::int64_t t = t0; t < t1; ++t) {
     const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
     const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
@@ -830,7 +832,7 @@ QMM_AVX512_BF16 void bf16_tiles(const MatmulProblem& p, const std::uint16_t* xp,
   const std::int64_t N = p.N, K = p.K, words = format::packed_words(K, 4), groups = K / G;
   const Bf16GroupDecoder<G> dec;
   float out[MT * NT];
-  std::vector<float> sbuf, bbuf, spad;
+  thread_local std::vector<float> sbuf, bbuf, spad;  // per thread, kept across calls
   for (std::int64_t t = t0; t < t1; ++t) {
     const std::int64_t n0 = t * NT, rows = std::min<std::int64_t>(NT, N - n0);
     const float* s = scales_as_float(w.scales, w.dtype, n0 * groups, rows * groups, sbuf);
