@@ -22,6 +22,7 @@ dispatch cost; the method field says so.
 """
 import argparse
 import json
+import os
 import math
 import statistics
 import sys
@@ -246,6 +247,14 @@ def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
 
 # ---- main --------------------------------------------------------------------------------------
 
+def write_json(path, doc):
+    """Writes doc atomically (a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default=None, help="layer shapes (default qwen2.5-14b when no --shape)")
@@ -318,9 +327,9 @@ def main():
             except Exception:
                 pass
             doc["peers"].append(entry)
+            write_json(args.json, doc)  # after every peer: a run stopped by a time limit keeps what it measured
 
-    with open(args.json, "w") as f:
-        json.dump(doc, f, indent=2)
+    write_json(args.json, doc)
 
     # A short table on stdout.
     print(f"peers on {doc['device'].get('name', 'no GPU')} (us per call, median)")
