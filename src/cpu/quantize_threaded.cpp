@@ -226,6 +226,7 @@ void dequantize_rows(const DequantizeProblem& p, std::int64_t r0, std::int64_t r
   const Unpack32 unpack = unpack32_for(w.bits);
   const bool use_table = (1 << w.bits) <= w.group_size;
   const bool vector_tables = cpu_has_avx512();
+  (void)vector_tables;  // only the x86 build has vector tables
   const auto round_storage = [storage = w.dtype](float v) { return cpu::round_to(storage, v); };
   std::vector<std::uint8_t> q(static_cast<std::size_t>(w.group_size));
   T table[256];
