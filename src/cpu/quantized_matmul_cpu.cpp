@@ -192,9 +192,11 @@ QMM_AVX512 inline float hsum(__m512 v) {
   return _mm_cvtss_f32(b);
 }
 
-/// Decodes 16 consecutive elements of a packed row (starting at an element index that is a
-/// multiple of 16) into dequantized float32 lanes, s * q + b. `Params` is the per-group state
-/// (a lookup table, or s and b), refreshed by `set_group` at each group boundary.
+// Consecutive decoders: decode(row, element, params) turns the 16 consecutive elements of a
+// packed row starting at `element` (a multiple of 16) into dequantized float32 lanes, s*q + b.
+// `Params` is the per-group state (a lookup table, or s and b) that params(s, b) builds at each
+// group boundary.
+
 /// 2 and 4 bits: vpmultishiftqb moves element i's bits to the low byte of lane i, and vpermps
 /// reads lane i's low 4 bits as an index into the group's table of s * q + b.
 template <int Bits>
@@ -369,7 +371,6 @@ struct GroupTableDecoder {
     st.data = _mm512_srlv_epi32(st.data, step);
     return w;
   }
-
 };
 
 /// transpose=true, 3, 5, 6 and 8 bits: 16 consecutive elements at a time, k in order, any group
