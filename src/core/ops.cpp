@@ -265,11 +265,12 @@ MatmulPlan plan_matmul(const TensorView& x, const TensorView& w_q, const TensorV
 
 // ---- quantize -------------------------------------------------------------------------------
 
-void quantize_into(const TensorView& w, const TensorView& w_q, const TensorView& scales,
-                   const TensorView& biases, int group_size, int bits, const CallOptions& options) {
+namespace {
+/// Checks w for quantize and returns the shapes of (w_q, scales/biases). Shared by quantize and
+/// quantize_into, so both reject bad input with the same message before anything is allocated.
+std::pair<Shape, Shape> plan_quantize(const TensorView& w, int group_size, int bits) {
   const char* op = "quantize";
   check_bits_group(op, group_size, bits);
-  if (!is_floating(w.dtype)) fail(op, "w must be float32, float16 or bfloat16 but is " + std::string(dtype_name(w.dtype)));
   if (w.ndim() < 2) {
     fail(op, "the matrix to be quantized must have at least 2 dimensions but has shape " + shape_to_string(w.shape));
   }
@@ -277,12 +278,21 @@ void quantize_into(const TensorView& w, const TensorView& w_q, const TensorView&
     fail(op, "the last dimension of w " + shape_to_string(w.shape) + " must be divisible by group_size=" +
                  std::to_string(group_size));
   }
+  if (!is_floating(w.dtype)) fail(op, "w must be float32, float16 or bfloat16 but is " + std::string(dtype_name(w.dtype)));
   check_memory(op, "w", w);
-  check_same_device(op, {{"w", &w}, {"w_q", &w_q}, {"scales", &scales}, {"biases", &biases}});
   Shape qshape = w.shape;
   qshape.back() = format::packed_words(w.dim(-1), bits);
   Shape sshape = w.shape;
   sshape.back() = w.dim(-1) / group_size;
+  return {qshape, sshape};
+}
+}  // namespace
+
+void quantize_into(const TensorView& w, const TensorView& w_q, const TensorView& scales,
+                   const TensorView& biases, int group_size, int bits, const CallOptions& options) {
+  const char* op = "quantize";
+  const auto [qshape, sshape] = plan_quantize(w, group_size, bits);
+  check_same_device(op, {{"w", &w}, {"w_q", &w_q}, {"scales", &scales}, {"biases", &biases}});
   check_output(op, "w_q", w_q, qshape, Dtype::uint32);
   check_output(op, "scales", scales, sshape, w.dtype);
   check_output(op, "biases", biases, sshape, w.dtype);
@@ -314,23 +324,7 @@ void quantize_into(const TensorView& w, const TensorView& w_q, const TensorView&
 }
 
 QuantizedWeights quantize(const TensorView& w, int group_size, int bits, const CallOptions& options) {
-  // Validate the input before allocating, so bad shapes produce the op's message.
-  check_bits_group("quantize", group_size, bits);
-  if (w.ndim() < 2) {
-    fail("quantize", "the matrix to be quantized must have at least 2 dimensions but has shape " +
-                         shape_to_string(w.shape));
-  }
-  if (w.dim(-1) % group_size != 0) {
-    fail("quantize", "the last dimension of w " + shape_to_string(w.shape) +
-                         " must be divisible by group_size=" + std::to_string(group_size));
-  }
-  if (!is_floating(w.dtype)) {
-    fail("quantize", "w must be float32, float16 or bfloat16 but is " + std::string(dtype_name(w.dtype)));
-  }
-  Shape qshape = w.shape;
-  qshape.back() = format::packed_words(w.dim(-1), bits);
-  Shape sshape = w.shape;
-  sshape.back() = w.dim(-1) / group_size;
+  const auto [qshape, sshape] = plan_quantize(w, group_size, bits);  // before allocating
   check_same_device("quantize", {{"w", &w}});
   QuantizedWeights out{Tensor::empty(qshape, Dtype::uint32, w.device), Tensor::empty(sshape, w.dtype, w.device),
                        Tensor::empty(sshape, w.dtype, w.device)};
