@@ -19,18 +19,9 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-PREFIX_ARGS=()
-if [ -n "$DEBS" ]; then
-  mkdir -p /tmp/qmm-deps
-  for f in "$DEBS"/*.deb; do dpkg -x "$f" /tmp/qmm-deps; done
-  PREFIX_ARGS=(-DCMAKE_PREFIX_PATH=/tmp/qmm-deps/usr)
-fi
+source scripts/gpu_build.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${PREFIX_ARGS[@]}" \
-  >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-# -k 0: build every target that can be built, so one broken tool does not block the tests.
-cmake --build build-gpu -j"$(nproc)" --target $TARGETS -- -k 0 >"$OUT/build.log" 2>&1
-grep -E "error|FAILED" "$OUT/build.log" | head -20
+gpu_build "$OUT" "$DEBS" "$TARGETS" || exit 1
 status=0
 if [ -x build-gpu/tests/qmm_cuda_tests ]; then
   FILTER=()

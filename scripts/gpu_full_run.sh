@@ -24,21 +24,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 step() { echo "== $* ($(date +%T))"; }
-PREFIX_ARGS=()
-if [ -n "$DEBS" ]; then
-  mkdir -p /tmp/qmm-deps
-  for f in "$DEBS"/*.deb; do dpkg -x "$f" /tmp/qmm-deps; done
-  PREFIX_ARGS=(-DCMAKE_PREFIX_PATH=/tmp/qmm-deps/usr)
-fi
+source scripts/gpu_build.sh
 PY_ARGS=()
 if [ "$PYTHON" = 1 ] && python3 -c "import nanobind" 2>/dev/null; then PY_ARGS=(-DQMM_BUILD_PYTHON=ON); fi
 
 step build
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$LOGS/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  "${PREFIX_ARGS[@]}" "${PY_ARGS[@]}" >"$LOGS/configure.log" 2>&1 || { tail -30 "$LOGS/configure.log"; exit 1; }
-cmake --build build-gpu -j"$(nproc)" -- -k 0 >"$LOGS/build.log" 2>&1
-grep -E "error|FAILED" "$LOGS/build.log" | head -20
+gpu_build "$LOGS" "$DEBS" "" "${PY_ARGS[@]}" || exit 1
 
 if [ "$PHASE" != perf ]; then
 step "ctest -L cuda"

@@ -23,17 +23,11 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_report: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-PREFIX_ARGS=()
-if [ -n "$DEBS" ]; then
-  mkdir -p /tmp/qmm-deps
-  for f in "$DEBS"/*.deb; do dpkg -x "$f" /tmp/qmm-deps; done
-  PREFIX_ARGS=(-DCMAKE_PREFIX_PATH=/tmp/qmm-deps/usr)
-fi
 BUILD=build-gpu
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${PREFIX_ARGS[@]}" \
-  >"$OUT/bench_tests.log" 2>&1 || { tail -30 "$OUT/bench_tests.log"; exit 1; }
-cmake --build "$BUILD" -j"$(nproc)" --target qmm_cli qmm_cli_tests -- -k 0 >>"$OUT/bench_tests.log" 2>&1
-grep -E "error|FAILED" "$OUT/bench_tests.log" | head -20
+source scripts/gpu_build.sh
+BUILD_LOGS=$(mktemp -d)
+gpu_build "$BUILD_LOGS" "$DEBS" "qmm_cli qmm_cli_tests" || exit 1
+cat "$BUILD_LOGS/configure.log" "$BUILD_LOGS/build.log" >"$OUT/bench_tests.log"
 [ -x "$BUILD/qmm" ] || { echo "gpu_report: qmm did not build"; exit 1; }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv >"$OUT/info.txt" 2>&1
