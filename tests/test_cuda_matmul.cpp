@@ -102,7 +102,15 @@ void check_case(const Case& c, std::mt19937& rng) {
   }
 }
 
-std::vector<std::string> mma_kernels() { return {"qmv_mma_m8", "qmv_mma_m16", "qmv_mma_m32", "qmv_mma_m64"}; }
+std::vector<std::string> mma_kernels() {
+  return {"qmv_staged_m8", "qmv_staged_m16", "qmv_staged_m32", "qmv_staged_m64",
+          "qmv_mma_m8",    "qmv_mma_m16",    "qmv_mma_m32",    "qmv_mma_m64"};
+}
+/// Bit widths a tensor-core kernel family runs (qmv_staged: 4 and 8).
+std::vector<int> bits_of(const std::string& kernel) {
+  if (kernel.rfind("qmv_staged", 0) == 0) return {4, 8};
+  return {2, 3, 4, 5, 6, 8};
+}
 
 TEST(CudaQuantize, BitIdenticalToCpu) {
   QMM_REQUIRE_GPU();
@@ -137,7 +145,7 @@ TEST(CudaMatmul, EveryMmaConfigEveryFormat) {
   std::mt19937 rng(7);
   for (const auto& kernel : mma_kernels()) {
     for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
-      for (int bits : {2, 3, 4, 5, 6, 8}) {
+      for (int bits : bits_of(kernel)) {
         for (int g : {32, 64, 128}) {
           for (std::int64_t M : {1, 5, 13}) check_case({M, 200, 384, bits, g, dt, dt, true, kernel}, rng);
         }
@@ -166,6 +174,8 @@ TEST(CudaMatmul, NAndKAroundTileAndGroupBoundaries) {
         if (K % g != 0) continue;
         check_case({3, N, K, 4, g, Dtype::float16, Dtype::float16, true, ""}, rng);
         check_case({9, N, K, 3, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
+        check_case({2, N, K, 8, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
+        check_case({11, N, K, 4, g, Dtype::float16, Dtype::float16, true, "qmv_mma_m16"}, rng);
       }
     }
   }
@@ -288,9 +298,57 @@ TEST(CudaMatmul, ForcedKernelThatCannotRunWritesNothing) {
   const Tensor out = poisoned_on({2, 64}, Dtype::float32, kGpu);
   const Tensor before = out.to(Device::cpu());
   CallOptions opts;
-  opts.kernel = "qmv_mma_m8";  // needs 16-bit activations
-  EXPECT_THROW(quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts), Error);
-  EXPECT_TRUE(bitwise_equal(before, out.to(Device::cpu())));
+  for (const char* kernel : {"qmv_mma_m8", "qmv_staged_m8"}) {  // need 16-bit activations
+    opts.kernel = kernel;
+    EXPECT_THROW(quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts), Error) << kernel;
+    EXPECT_TRUE(bitwise_equal(before, out.to(Device::cpu())));
+  }
+  // qmv_staged runs 4- and 8-bit weights only.
+  const QuantizedWeights q3 = quantize(random_tensor({64, 128}, Dtype::float16, rng).to(kGpu), 64, 3);
+  const Tensor x16 = random_tensor({2, 128}, Dtype::float16, rng).to(kGpu);
+  const Tensor out16 = poisoned_on({2, 64}, Dtype::float16, kGpu);
+  const Tensor before16 = out16.to(Device::cpu());
+  opts.kernel = "qmv_staged_m8";
+  EXPECT_THROW(quantized_matmul_into(x16, q3.w_q, q3.scales, q3.biases, out16, true, 64, 3, opts), Error);
+  EXPECT_TRUE(bitwise_equal(before16, out16.to(Device::cpu())));
+}
+
+/// Scales and biases that are only 2-byte aligned (views into a larger buffer): dispatch steps
+/// down from qmv_staged (4-byte cp.async) to qmv_mma, forcing qmv_staged is an error that
+/// writes nothing.
+TEST(CudaMatmul, MisalignedScalesStepDown) {
+  QMM_REQUIRE_GPU();
+  std::mt19937 rng(41);
+  const Dtype dt = Dtype::float16;
+  const std::int64_t M = 3, N = 136, K = 512;
+  const QuantizedWeights q = quantize(random_tensor({N, K}, dt, rng, 0.5f), 64, 4);
+  const std::int64_t groups = N * K / 64;
+  // Copy scales and biases one element into buffers of groups + 1 elements.
+  Tensor s_buf = Tensor::empty({groups + 1}, dt), b_buf = Tensor::empty({groups + 1}, dt);
+  std::memcpy(static_cast<char*>(s_buf.data()) + 2, q.scales.data(), static_cast<std::size_t>(groups) * 2);
+  std::memcpy(static_cast<char*>(b_buf.data()) + 2, q.biases.data(), static_cast<std::size_t>(groups) * 2);
+  const Tensor s_gpu = s_buf.to(kGpu), b_gpu = b_buf.to(kGpu);
+  const TensorView s_view(static_cast<char*>(s_gpu.data()) + 2, {N, K / 64}, dt, kGpu);
+  const TensorView b_view(static_cast<char*>(b_gpu.data()) + 2, {N, K / 64}, dt, kGpu);
+  const Tensor x = random_tensor({M, K}, dt, rng);
+  const Tensor xg = x.to(kGpu), wq = q.w_q.to(kGpu);
+  EXPECT_EQ(describe_quantized_matmul(xg, wq, s_view, b_view).kernel, "qmv_mma_m8");
+  const Tensor out = poisoned_on({M, N}, dt, kGpu);
+  quantized_matmul_into(xg, wq, s_view, b_view, out);
+  synchronize();
+  const Tensor got = out.to(Device::cpu());
+  const MatmulMagnitudes mags = matmul_magnitudes(x, q.w_q, q.scales, q.biases, true, 64, 4, M, K, N);
+  for (std::int64_t e = 0; e < M * N; ++e) {
+    const double exact = mags.exact[static_cast<std::size_t>(e)];
+    ASSERT_NEAR(element(got, e), exact, cuda_tolerance(K, dt, dt, exact, mags.magnitude[static_cast<std::size_t>(e)]))
+        << e;
+  }
+  const Tensor out2 = poisoned_on({M, N}, dt, kGpu);
+  const Tensor before = out2.to(Device::cpu());
+  CallOptions opts;
+  opts.kernel = "qmv_staged_m8";
+  EXPECT_THROW(quantized_matmul_into(xg, wq, s_view, b_view, out2, true, 64, 4, opts), Error);
+  EXPECT_TRUE(bitwise_equal(before, out2.to(Device::cpu())));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "src/cuda/check.h"
 #include "src/cuda/dispatch.h"
 #include "src/cuda/kernels.h"
+#include "src/cuda/stream_k.cuh"
 #include "src/format/affine.h"
 
 namespace qmm::detail {
@@ -49,23 +50,41 @@ bool mma_aligned(const MatmulProblem& p) {
          reinterpret_cast<std::uintptr_t>(p.w.biases) % 2 == 0;
 }
 
+/// qmv_staged copies x and w_q in 16-byte and scales/biases in 4-byte cp.async units.
+bool staged_aligned(const MatmulProblem& p) {
+  return mma_aligned(p) && reinterpret_cast<std::uintptr_t>(p.w.scales) % 4 == 0 &&
+         reinterpret_cast<std::uintptr_t>(p.w.biases) % 4 == 0;
+}
+
 cuda_dispatch::KernelConfig config_for(const MatmulProblem& p, const std::string& kernel) {
+  using cuda_dispatch::Family;
   const auto shape = shape_of(p);
   const auto device = current_device();
   if (!kernel.empty()) {
     auto c = cuda_dispatch::forced(kernel, shape, device);
-    if (c.family == cuda_dispatch::Family::qmv_mma && !mma_aligned(p)) {
+    if (c.family == Family::qmv_staged && !staged_aligned(p)) {
+      throw Error("[quantized_matmul] kernel " + kernel +
+                  " needs 16-byte aligned x and w_q and 4-byte aligned scales and biases");
+    }
+    if (c.family == Family::qmv_mma && !mma_aligned(p)) {
       throw Error("[quantized_matmul] kernel " + kernel + " needs 16-byte aligned x and w_q");
     }
     return c;
   }
   auto c = cuda_dispatch::choose(shape, device);
-  if (c.family == cuda_dispatch::Family::qmv_mma && !mma_aligned(p)) c.family = cuda_dispatch::Family::qmv_warp_rows;
+  // Misaligned views (e.g. a slice of a larger buffer) step down to a kernel that can read them.
+  if (c.family == Family::qmv_staged && !staged_aligned(p)) {
+    c.family = Family::qmv_mma;
+    c.blocks = cuda_dispatch::stream_k_blocks(shape, device, cuda_dispatch::mma_blocks_per_sm(c.token_tiles));
+  }
+  if (c.family == Family::qmv_mma && !mma_aligned(p)) c.family = Family::qmv_warp_rows;
   return c;
 }
 
 void launch(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c, cudaStream_t stream) {
   switch (c.family) {
+    case cuda_dispatch::Family::qmv_staged:
+      return launch_qmv_staged(p, c, stream);
     case cuda_dispatch::Family::qmv_mma:
       return launch_qmv_mma(p, c, stream);
     case cuda_dispatch::Family::qmv_warp_rows:
@@ -108,11 +127,13 @@ LaunchInfo cuda_describe(const std::vector<MatmulProblem>& problems, const std::
   const auto batches = static_cast<std::int64_t>(problems.size());
   info.min_weight_bytes = weight_bytes * batches;
   switch (c.family) {
+    case cuda_dispatch::Family::qmv_staged:
     case cuda_dispatch::Family::qmv_mma: {
       info.grid[0] = c.blocks;
       info.block_threads = cuda_dispatch::kMmaThreads;
-      info.blocks_per_sm = qmv_mma_blocks_per_sm(p, c);
-      info.workspace_bytes = qmv_mma_workspace_bytes(p, c);
+      info.blocks_per_sm = c.family == cuda_dispatch::Family::qmv_staged ? qmv_staged_blocks_per_sm(p, c)
+                                                                          : qmv_mma_blocks_per_sm(p, c);
+      info.workspace_bytes = qmm::cuda::stream_k::workspace_bytes(p, c);
       const std::int64_t passes = (p.M + 8 * c.token_tiles - 1) / (8 * c.token_tiles);
       info.weight_bytes = weight_bytes * batches * passes;
       // Stream-K: a row block is split over ceil(blocks / row blocks) blocks on average.

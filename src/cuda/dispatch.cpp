@@ -12,10 +12,14 @@ constexpr const char* kColumns = "qvm_columns";
 constexpr int kTokenTileChoices[] = {1, 2, 4, 8};
 
 std::string mma_name(int token_tiles) { return "qmv_mma_m" + std::to_string(8 * token_tiles); }
+std::string staged_name(int token_tiles) { return "qmv_staged_m" + std::to_string(8 * token_tiles); }
+int token_tiles_for(std::int64_t M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
 }  // namespace
 
 std::string KernelConfig::name() const {
   switch (family) {
+    case Family::qmv_staged:
+      return staged_name(token_tiles);
     case Family::qmv_mma:
       return mma_name(token_tiles);
     case Family::qmv_warp_rows:
@@ -28,7 +32,8 @@ std::string KernelConfig::name() const {
 
 std::vector<std::string> kernel_names() {
   std::vector<std::string> names;
-  for (int t : kTokenTileChoices) names.push_back(mma_name(t));  // "_b<blocks>" may follow
+  for (int t : kTokenTileChoices) names.push_back(staged_name(t));  // "_b<blocks>" may follow
+  for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -38,12 +43,14 @@ bool mma_supported(const ProblemShape& p) {
   return p.transpose && (p.x_dtype == Dtype::float16 || p.x_dtype == Dtype::bfloat16) && p.x_dtype == p.w_dtype;
 }
 
-int mma_blocks(const ProblemShape& p, const DeviceShape& d, int token_tiles) {
+bool staged_supported(const ProblemShape& p) { return mma_supported(p) && (p.bits == 4 || p.bits == 8); }
+
+int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm) {
   const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
   const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
   // One block per resident slot; never more blocks than (row block, segment) items so every
   // block has work. token_tiles 1 and 2 share the count, so M = 1..16 reduce identically.
-  const std::int64_t target = static_cast<std::int64_t>(d.multiprocessors) * mma_blocks_per_sm(token_tiles);
+  const std::int64_t target = static_cast<std::int64_t>(d.multiprocessors) * blocks_per_sm;
   return static_cast<int>(std::max<std::int64_t>(1, std::min(target, row_blocks * segments)));
 }
 
@@ -57,9 +64,14 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
     c.family = Family::qmv_warp_rows;
     return c;
   }
-  c.family = Family::qmv_mma;
-  c.token_tiles = p.M <= 8 ? 1 : p.M <= 16 ? 2 : p.M <= 32 ? 4 : 8;
-  c.blocks = mma_blocks(p, d, c.token_tiles);
+  c.token_tiles = token_tiles_for(p.M);
+  if (staged_supported(p)) {
+    c.family = Family::qmv_staged;
+    c.blocks = stream_k_blocks(p, d, staged_blocks_per_sm(p.bits, c.token_tiles));
+  } else {
+    c.family = Family::qmv_mma;
+    c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));
+  }
   return c;
 }
 
@@ -72,25 +84,38 @@ KernelConfig forced(const std::string& name, const ProblemShape& p, const Device
     if (!p.transpose) throw Error("[quantized_matmul] kernel qmv_warp_rows needs transpose=true");
     return KernelConfig{Family::qmv_warp_rows, 1, 0};
   }
-  // qmv_mma_m<rows>[_b<blocks>]: the token tile and, optionally, the stream-K block count.
-  for (int t : kTokenTileChoices) {
-    const std::string base = mma_name(t);
-    if (name.compare(0, base.size(), base) != 0) continue;
-    int blocks = mma_blocks(p, d, t);
-    const std::string rest = name.substr(base.size());
-    if (!rest.empty()) {
-      if (rest.size() < 3 || rest.compare(0, 2, "_b") != 0 ||
-          rest.find_first_not_of("0123456789", 2) != std::string::npos || rest.size() > 8) {
-        continue;
+  // qmv_staged_m<rows>[_b<blocks>] and qmv_mma_m<rows>[_b<blocks>]: the token tile and,
+  // optionally, the stream-K block count.
+  for (const Family family : {Family::qmv_staged, Family::qmv_mma}) {
+    for (int t : kTokenTileChoices) {
+      const std::string base = family == Family::qmv_staged ? staged_name(t) : mma_name(t);
+      if (name.compare(0, base.size(), base) != 0) continue;
+      const std::string rest = name.substr(base.size());
+      int blocks = 0;
+      if (!rest.empty()) {
+        if (rest.size() < 3 || rest.compare(0, 2, "_b") != 0 ||
+            rest.find_first_not_of("0123456789", 2) != std::string::npos || rest.size() > 8) {
+          continue;
+        }
+        blocks = std::stoi(rest.substr(2));
+        if (blocks < 1) throw Error("[quantized_matmul] kernel " + name + ": the block count must be positive");
       }
-      blocks = std::stoi(rest.substr(2));
-      if (blocks < 1) throw Error("[quantized_matmul] kernel " + name + ": the block count must be positive");
+      if (family == Family::qmv_staged) {
+        if (!staged_supported(p)) {
+          throw Error("[quantized_matmul] kernel " + name +
+                      " needs transpose=true, 4- or 8-bit weights and float16 or bfloat16 x with scales of the same "
+                      "dtype");
+        }
+        if (blocks == 0) blocks = stream_k_blocks(p, d, staged_blocks_per_sm(p.bits, t));
+      } else {
+        if (!mma_supported(p)) {
+          throw Error("[quantized_matmul] kernel " + name +
+                      " needs transpose=true and float16 or bfloat16 x with scales of the same dtype");
+        }
+        if (blocks == 0) blocks = stream_k_blocks(p, d, mma_blocks_per_sm(t));
+      }
+      return KernelConfig{family, t, blocks};
     }
-    if (!mma_supported(p)) {
-      throw Error("[quantized_matmul] kernel " + name +
-                  " needs transpose=true and float16 or bfloat16 x with scales of the same dtype");
-    }
-    return KernelConfig{Family::qmv_mma, t, blocks};
   }
   throw Error("[quantized_matmul] unknown CUDA kernel '" + name + "'");
 }

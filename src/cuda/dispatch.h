@@ -26,6 +26,7 @@ struct DeviceShape {
 };
 
 enum class Family {
+  qmv_staged,     // tensor cores, cp.async stages, scale applied after the MMA (4/8-bit, fp16/bf16)
   qmv_mma,        // tensor cores, weight-stationary, stream-K split (transpose=true, fp16/bf16)
   qmv_warp_rows,  // CUDA cores, one warp per weight row (transpose=true, any dtype mix)
   qvm_columns,    // CUDA cores, threads along N (transpose=false)
@@ -33,9 +34,9 @@ enum class Family {
 
 struct KernelConfig {
   Family family = Family::qmv_mma;
-  /// qmv_mma: 8-token tiles per pass (1, 2, 4 or 8): up to 8*token_tiles rows of x per pass.
+  /// qmv_staged / qmv_mma: 8-token tiles per pass (1, 2, 4 or 8): up to 8*token_tiles rows of x per pass.
   int token_tiles = 1;
-  /// qmv_mma: persistent blocks sharing the (row block, K segment) work evenly (stream-K).
+  /// qmv_staged / qmv_mma: persistent blocks sharing the (row block, K segment) work evenly (stream-K).
   int blocks = 0;
   std::string name() const;
 };
@@ -56,11 +57,20 @@ constexpr int mma_min_blocks_per_sm(int token_tiles) { return token_tiles == 1 ?
 /// for M = 1..16; it never exceeds what both can keep resident.
 constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 : 2; }
 
+/// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared
+/// memory decides: 4 pipeline stages of 14-24 KB for 4-bit, 22-26 KB for 8-bit; fewer, larger
+/// stages for 32 and 64 tokens). 1 and 2 token tiles share the count (batch invariance).
+constexpr int staged_blocks_per_sm(int bits, int token_tiles) { return bits == 4 && token_tiles <= 2 ? 3 : 2; }
+/// qmv_staged: pipeline stages (items in shared memory at once).
+constexpr int staged_pipeline_stages(int token_tiles) { return token_tiles <= 2 ? 4 : 3; }
+
 /// Names of every configuration `CallOptions::kernel` accepts on CUDA.
 std::vector<std::string> kernel_names();
 
 /// Whether qmv_mma can run this problem (transpose, 16-bit activations matching the scales).
 bool mma_supported(const ProblemShape& p);
+/// Whether qmv_staged can: qmv_mma's conditions and 4- or 8-bit weights.
+bool staged_supported(const ProblemShape& p);
 
 /// The configuration dispatch chooses. Pure: same inputs, same answer. The stream-K block count
 /// depends on N, K and the device only, never on M, so every M in 1..64 reduces in the same
@@ -70,7 +80,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d);
 /// The configuration named `name` for this problem; throws qmm::Error if it cannot run it.
 KernelConfig forced(const std::string& name, const ProblemShape& p, const DeviceShape& d);
 
-/// Stream-K block count for qmv_mma (see choose()): one per resident slot, at most one per item.
-int mma_blocks(const ProblemShape& p, const DeviceShape& d, int token_tiles);
+/// Stream-K block count (see choose()): one per resident slot, at most one per item.
+int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm);
 
 }  // namespace qmm::detail::cuda_dispatch

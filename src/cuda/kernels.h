@@ -11,10 +11,14 @@ namespace qmm::detail {
 
 /// Tensor cores, weight-stationary, stream-K (qmv_mma_kernels.cu).
 void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream);
-/// Bytes of split-K workspace qmv_mma needs for this problem and configuration.
-std::size_t qmv_mma_workspace_bytes(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config);
 /// Resident qmv_mma blocks per SM for this problem's bits/dtype/token tiles (occupancy API).
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config);
+
+/// Tensor cores, cp.async pipeline through shared memory, scale and bias applied in fp32 after
+/// the MMA, same stream-K split (qmv_staged_kernels.cu). 4- and 8-bit weights.
+void launch_qmv_staged(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream);
+/// Resident qmv_staged blocks per SM (occupancy API, with its dynamic shared memory).
+int qmv_staged_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config);
 
 /// CUDA cores, any dtype mix, transpose=true (simple_kernels.cu).
 void launch_qmv_warp_rows(const MatmulProblem& p, cudaStream_t stream);

@@ -6,12 +6,7 @@
 // fp32 accumulation. The dequantized weight s*q + b is formed with one fused 16-bit multiply-add
 // from the exact integer q (see mma_fragments.cuh for the k mapping).
 //
-// Work split (stream-K): the problem is a grid of items (row block of 128 rows, K segment of 128
-// values). `blocks` persistent blocks take equal contiguous runs of items in row-block-major
-// order, so every block streams the same number of bytes whatever N and K are. A row block
-// covered by several blocks is finished by the last of them to arrive, which adds the fp32
-// partials in block order: a fixed order, independent of M and of timing, so every output row
-// is bit-identical whether it ran alone or with 63 others.
+// Work split: stream-K over (128-row block, 128-value K segment) items, see stream_k.cuh.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -21,6 +16,7 @@
 #include "src/cuda/check.h"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
+#include "src/cuda/stream_k.cuh"
 #include "src/cuda/workspace.h"
 #include "src/format/affine.h"
 
@@ -32,33 +28,8 @@ using cuda_dispatch::kMmaRowsPerBlock;
 using cuda_dispatch::kMmaSegment;
 using cuda_dispatch::kMmaThreads;
 
-struct MmaParams {
-  const void* x;
-  void* out;
-  const std::uint32_t* w_q;
-  const void* scales;
-  const void* biases;
-  int M;  // rows of x in this pass (<= 8 * TokenTiles)
-  int N;
-  int K;
-  int group_shift;  // log2(group_size)
-  std::int64_t words_per_row;
-  int groups_per_row;
-  int row_blocks;
-  int segments;
-  int blocks;
-  int* counters;    // one per row block, zero between calls
-  float* partials;  // [blocks][2][fragment floats]
-};
-
-/// Item range [start, end) of block b.
-__device__ __forceinline__ std::int64_t item_start(std::int64_t items, int blocks, int b) {
-  return items * b / blocks;
-}
-/// The block whose range holds item t.
-__device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std::int64_t t) {
-  return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
-}
+using MmaParams = qmm::cuda::stream_k::Params;
+using qmm::cuda::stream_k::item_start;
 
 template <typename T, int Bits>
 struct SegmentLoad {
@@ -140,29 +111,9 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
   }
 }
 
-/// Writes an accumulator fragment to out (rows of W are columns of out).
-template <typename T, int TokenTiles>
-__device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb,
-                                             int warp, int lane) {
-  T* out = static_cast<T*>(p.out);
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-    for (int t = 0; t < TokenTiles; ++t) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int n = rb * kMmaRowsPerBlock + warp * 32 + tile * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
-        const int m = t * 8 + 2 * (lane & 3) + (e & 1);
-        if (n < p.N && m < p.M) out[static_cast<std::int64_t>(m) * p.N + n] = T(acc[tile][t][e]);
-      }
-    }
-  }
-}
-
 template <typename T, int Bits, int TokenTiles>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_kernel(const MmaParams p) {
-  constexpr int kFragmentFloats = kMmaThreads * 2 * TokenTiles * 4;
   __shared__ int s_is_last;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -210,101 +161,15 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
       if (seg + 1 < s1) current = next;
     }
 
-    if (s0 == 0 && s1 == p.segments) {
-      store_output<T, TokenTiles>(acc, p, rb, warp, lane);
-    } else {
-      // Partial row block: publish, and let the last contributor reduce in block order.
-      const int slot = cur == start ? 0 : 1;
-      float* mine = p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats;
-#pragma unroll
-      for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-        for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) mine[((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x] = acc[tile][t][e];
-      __threadfence();
-      __syncthreads();
-      const std::int64_t rb_first_item = static_cast<std::int64_t>(rb) * p.segments;
-      const int first = block_of_item(items, p.blocks, rb_first_item);
-      const int last = block_of_item(items, p.blocks, rb_first_item + p.segments - 1);
-      if (threadIdx.x == 0) {
-        const int arrived = atomicAdd(&p.counters[rb], 1);
-        s_is_last = arrived == last - first;
-      }
-      __syncthreads();
-      if (s_is_last) {
-        __threadfence();
-#pragma unroll
-        for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-          for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
-        // Loads of kBatch partials are issued together (one L2 round trip per batch); the sum
-        // still runs in block order, so the result does not depend on the batching.
-        constexpr int kBatch = TokenTiles <= 1 ? 4 : 4 / TokenTiles > 0 ? 4 / TokenTiles : 1;
-        for (int b0 = first; b0 <= last; b0 += kBatch) {
-          float v[kBatch][2][TokenTiles][4];
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) {
-            const int b = b0 + j;
-            if (b > last) break;
-            const int b_slot = item_start(items, p.blocks, b) >= rb_first_item ? 0 : 1;
-            const float* theirs = p.partials + (static_cast<std::int64_t>(b) * 2 + b_slot) * kFragmentFloats;
-#pragma unroll
-            for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-              for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                  v[j][tile][t][e] = __ldcg(theirs + ((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x);
-          }
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) {
-            if (b0 + j > last) break;
-#pragma unroll
-            for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-              for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[tile][t][e] += v[j][tile][t][e];
-          }
-        }
-        store_output<T, TokenTiles>(acc, p, rb, warp, lane);
-        if (threadIdx.x == 0) p.counters[rb] = 0;  // ready for the next call on this stream
-      }
-      __syncthreads();  // s_is_last is reused by the next row block
-    }
+    qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
     cur += s1 - s0;
   }
 }
 
-std::size_t counters_bytes(int row_blocks) {
-  return (static_cast<std::size_t>(row_blocks) * sizeof(int) + 255) & ~static_cast<std::size_t>(255);
-}
-
-MmaParams make_params(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
-  MmaParams q{};
-  q.w_q = p.w.w_q;
-  q.scales = p.w.scales;
-  q.biases = p.w.biases;
-  q.N = static_cast<int>(p.N);
-  q.K = static_cast<int>(p.K);
-  q.group_shift = p.w.group_size == 32 ? 5 : p.w.group_size == 64 ? 6 : 7;
-  q.words_per_row = format::packed_words(p.K, p.w.bits);
-  q.groups_per_row = static_cast<int>(p.K / p.w.group_size);
-  q.row_blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
-  q.segments = static_cast<int>((p.K + kMmaSegment - 1) / kMmaSegment);
-  q.blocks = config.blocks;
-  return q;
-}
-
 template <typename T, int Bits, int TokenTiles>
 void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  MmaParams q = make_params(p, config);
-  char* ws = static_cast<char*>(stream_workspace(stream, WorkspacePurpose::mma_stream_k, qmv_mma_workspace_bytes(p, config)));
-  q.counters = reinterpret_cast<int*>(ws);
-  q.partials = reinterpret_cast<float*>(ws + counters_bytes(q.row_blocks));
+  MmaParams q = qmm::cuda::stream_k::make_params(p, config.blocks);
+  qmm::cuda::stream_k::bind_workspace(q, stream, p, config);
   const int rows_per_pass = 8 * TokenTiles;
   for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
     q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
@@ -389,12 +254,6 @@ const void* symbol_tiles(int bits, int tiles) {
 }
 
 }  // namespace
-
-std::size_t qmv_mma_workspace_bytes(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
-  const MmaParams q = make_params(p, config);
-  const std::size_t fragment_bytes = static_cast<std::size_t>(kMmaThreads) * 2 * config.token_tiles * 4 * sizeof(float);
-  return counters_bytes(q.row_blocks) + static_cast<std::size_t>(config.blocks) * 2 * fragment_bytes;
-}
 
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
   const void* fn = p.x_dtype == Dtype::bfloat16 ? symbol_tiles<__nv_bfloat16>(p.w.bits, config.token_tiles)

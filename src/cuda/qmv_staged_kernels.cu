@@ -1,0 +1,510 @@
+// qmv_staged: the small-M tensor-core kernel family for 4- and 8-bit weights, transpose=true
+// (W is N x K), fp16/bf16 activations with scales of the same dtype.
+//
+// What it changes against qmv_mma (bench/NOTES.md, v6), which was issue-bound at ~6
+// instructions per weight:
+// - Weights, scales, biases and x travel by cp.async into a ring of shared-memory stages, several
+//   items ahead, so the bytes in flight no longer depend on registers or on the warps' progress.
+// - ldmatrix hands each lane one 32-bit word of two rows per 8x8 matrix: exactly the word the
+//   k mapping below wants, four words per instruction.
+// - The MMA multiplies x by exact integers `offset + q` (mask + magic exponent, no subtraction,
+//   no rounding). Per quantization group the fp32 fold
+//       out += s * sum(x (offset + q)) + (b - offset s) * sum(x)
+//   applies scale and bias; sum(x) comes from one more MMA with an all-ones A operand, which
+//   yields it for exactly the tokens each lane's accumulator holds. Every MMA of a group stays
+//   inside the group.
+//
+// The k mapping (m16n8k16: lane (g, c) holds A rows g and g+8 at k slots {2c, 2c+1, 2c+8,
+// 2c+9}, and B column g at the same slots). Per 32-value block of a row:
+// - 4-bit: lane c owns word c (values 8c..8c+7). Nibbles j and j+4 of a word sit 16 bits apart,
+//   so (w >> 4j) & 0x000F000F | magic is the pair (v_j, v_j+4). MMA 1 takes pairs j=0,1 (slots
+//   2c.. <- (v0,v4), 2c+8.. <- (v1,v5)), MMA 2 pairs j=2,3; x is byte-permuted the same way.
+// - 8-bit: 16-value halves h; lane c owns bytes 4c..4c+3 of half h (values 16h+4c..+3): slots
+//   2c.. <- (v0,v1), 2c+8.. <- (v2,v3), x taken as it lies. bf16 cannot hold 128 + q exactly
+//   for q >= 128, so there the byte is split into nibbles: (128 + lo) x + (128 + hi) (16 x).
+//
+// Work split: stream-K over (128-row block, 128-value K segment) items (stream_k.cuh), the same
+// split for M = 1..16 (batch invariance).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+
+#include "src/cuda/check.h"
+#include "src/cuda/kernels.h"
+#include "src/cuda/mma_fragments.cuh"
+#include "src/cuda/stream_k.cuh"
+
+namespace qmm::detail {
+namespace {
+
+namespace mma = qmm::cuda::mma;
+namespace sk = qmm::cuda::stream_k;
+using cuda_dispatch::kMmaRowsPerBlock;
+using cuda_dispatch::kMmaSegment;
+using cuda_dispatch::kMmaThreads;
+
+static_assert(kMmaRowsPerBlock == 128 && kMmaSegment == 128 && kMmaThreads == 128,
+              "qmv_staged's tile arithmetic assumes 4 warps x 32 rows and 128-value segments");
+
+/// Shared-memory layout of one pipeline stage (one item): weights, scales, biases, x.
+template <int Bits, int TokenTiles>
+struct StageLayout {
+  static constexpr int kStages = cuda_dispatch::staged_pipeline_stages(TokenTiles);
+  static constexpr int kUnitsPerRow = kMmaSegment * Bits / 8 / 16;  // 16-byte units of a row's segment
+  static constexpr int kWBytes = kMmaRowsPerBlock * kUnitsPerRow * 16;
+  // A row's groups in one segment (at most 4, 2-byte values) start at any 2-byte boundary: up
+  // to 3 aligned words are copied, into a 16-byte slot.
+  static constexpr int kScaleSlotBytes = 16;
+  static constexpr int kSBytes = kMmaRowsPerBlock * kScaleSlotBytes;
+  static constexpr int kXRowBytes = kMmaSegment * 2;
+  static constexpr int kXBytes = 8 * TokenTiles * kXRowBytes;
+  static constexpr int kScalesOffset = kWBytes;
+  static constexpr int kBiasesOffset = kWBytes + kSBytes;
+  static constexpr int kXOffset = kWBytes + 2 * kSBytes;
+  static constexpr int kStageBytes = kWBytes + 2 * kSBytes + kXBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes;
+};
+
+/// Byte offset of 16-byte unit `unit` of row `row` in a stage's weight tile. The unit index is
+/// XOR-swizzled within its 128-byte line so that the 8 row addresses of one ldmatrix matrix hit
+/// 8 different bank groups (rows are 64 or 128 bytes apart).
+template <int Bits>
+__device__ __forceinline__ int w_offset(int row, int unit) {
+  const int u = row * Bits + unit;
+  const int line = u >> 3;
+  return ((line << 3) | ((u & 7) ^ (line & 7))) << 4;
+}
+
+/// Byte offset of 16-byte unit `unit` (0..15) of token row `token` in a stage's x tile, swizzled
+/// so that one phase of the B-fragment loads (8 lanes of 16 bytes for 4-bit, 16 lanes of 8 bytes
+/// for 8-bit) covers all 32 banks.
+template <int Bits>
+__device__ __forceinline__ int x_offset(int token, int unit) {
+  const int swizzle = Bits == 8 ? (token & 3) << 1 : (token & 1) << 2;
+  return token * (kMmaSegment * 2) + ((unit ^ swizzle) << 4);
+}
+
+__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&d)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+               : "r"(addr)
+               : "memory");
+}
+
+/// Per (T, Bits): the integer offset the A operand carries (A = offset + q, exactly) and 1.0.
+template <typename T, int Bits>
+struct Operand;
+template <int Bits>
+struct Operand<__half, Bits> {
+  static constexpr float kOffset = 1024.0f;  // 0x6400 | q == 1024 + q for q < 1024
+  static constexpr std::uint32_t kOnes = 0x3C003C00u;
+};
+template <int Bits>
+struct Operand<__nv_bfloat16, Bits> {
+  // 0x4300 | q == 128 + q for q < 128; bytes are split into nibbles, hi nibble against 16 x:
+  // (128 + lo) x + (128 + hi) 16 x == (2176 + q) x.
+  static constexpr float kOffset = Bits == 8 ? 2176.0f : 128.0f;
+  static constexpr std::uint32_t kOnes = 0x3F803F80u;
+};
+/// Whether bytes are split into nibbles (bf16 8-bit, see Operand).
+template <typename T, int Bits>
+constexpr bool split_bytes() {
+  return Bits == 8 && std::is_same<T, __nv_bfloat16>::value;
+}
+
+/// Starts the copies of item `item` into the stage at shared address `stage`.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void issue_item(const sk::Params& p, std::uint32_t stage, std::int64_t item) {
+  using L = StageLayout<Bits, TokenTiles>;
+  const int rb = static_cast<int>(item / p.segments);
+  const int seg = static_cast<int>(item - static_cast<std::int64_t>(rb) * p.segments);
+  const int n0 = rb * kMmaRowsPerBlock;
+  const int k0 = seg * kMmaSegment;
+
+  // Weights: Bits 16-byte units per row; rows past N and values past K are zero-filled.
+#pragma unroll
+  for (int i = 0; i < Bits; ++i) {
+    const int u = static_cast<int>(threadIdx.x) + i * kMmaThreads;
+    const int row = u / Bits;
+    const int unit = u % Bits;
+    const int n = n0 + row;
+    const int k = k0 + unit * (kMmaSegment / Bits);
+    const bool valid = n < p.N && k < p.K;
+    const std::uint32_t* src = valid ? p.w_q + n * p.words_per_row + k0 * Bits / 32 + unit * 4 : p.w_q;
+    cp_async_16(stage + w_offset<Bits>(row, unit), src, valid ? 16 : 0);
+  }
+
+  // Scales and biases: the aligned words covering the row's groups of this segment. Rows past N
+  // read row N-1 (their outputs are never stored); bytes past the end of the array are zero.
+  const int groups = kMmaSegment >> p.group_shift;
+  const int words = groups == 1 ? 1 : groups / 2 + 1;
+  const std::int64_t elements = static_cast<std::int64_t>(p.N) * p.groups_per_row;
+  for (int u = threadIdx.x; u < 2 * kMmaRowsPerBlock * words; u += kMmaThreads) {
+    const int array = u >= kMmaRowsPerBlock * words ? 1 : 0;
+    const int rest = u - array * kMmaRowsPerBlock * words;
+    const int row = rest / words;
+    const int i = rest - row * words;
+    const int n = min(n0 + row, p.N - 1);
+    const std::int64_t e0 = static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(seg) * groups;
+    const std::int64_t word = (e0 >> 1) + i;
+    const std::int64_t left = (elements - 2 * word) * 2;
+    const int bytes = left >= 4 ? 4 : left > 0 ? static_cast<int>(left) : 0;
+    const char* base = static_cast<const char*>(array ? p.biases : p.scales);
+    cp_async_4(stage + (array ? L::kBiasesOffset : L::kScalesOffset) + row * L::kScaleSlotBytes + i * 4,
+               bytes > 0 ? base + word * 4 : base, bytes);
+  }
+
+  // x: rows 0..M-1 of this segment, 16 units of 8 values each; values past K are zero-filled.
+  const T* x = static_cast<const T*>(p.x);
+  for (int u = threadIdx.x; u < p.M * 16; u += kMmaThreads) {
+    const int m = u >> 4;
+    const int unit = u & 15;
+    const int k = k0 + unit * 8;
+    const bool valid = k < p.K;
+    cp_async_16(stage + L::kXOffset + x_offset<Bits>(m, unit), valid ? x + static_cast<std::int64_t>(m) * p.K + k : x,
+                valid ? 16 : 0);
+  }
+}
+
+/// The A operand (offset + q as two 16-bit values) of a 4-bit pair j of word w.
+template <typename T>
+__device__ __forceinline__ std::uint32_t nibble_pair(std::uint32_t w, int j) {
+  return mma::and_or(w >> (4 * j), 0x000F000Fu, mma::Types<T>::kMagic);
+}
+
+/// Adds the group's sums into out: out += s * acc + (b - offset s) * xs, then clears acc, xs.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void fold_group(float (&out)[2][TokenTiles][4], float (&acc)[2][TokenTiles][4],
+                                           float (&xs)[TokenTiles][4], const unsigned char* stage,
+                                           const int (&scale_index)[2][2], int group) {
+  using L = StageLayout<Bits, TokenTiles>;
+  const T* s_tile = reinterpret_cast<const T*>(stage + L::kScalesOffset);
+  const T* b_tile = reinterpret_cast<const T*>(stage + L::kBiasesOffset);
+  const int warp = threadIdx.x >> 5;
+  const int r = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp * 32 + mt * 16 + h * 8 + r;
+      const int at = row * (L::kScaleSlotBytes / 2) + scale_index[mt][h] + group;
+      const float s = static_cast<float>(s_tile[at]);
+      const float b = fmaf(-Operand<T, Bits>::kOffset, s, static_cast<float>(b_tile[at]));
+#pragma unroll
+      for (int t = 0; t < TokenTiles; ++t) {
+#pragma unroll
+        for (int e = 2 * h; e < 2 * h + 2; ++e) {
+          out[mt][t][e] = fmaf(s, acc[mt][t][e], out[mt][t][e]);
+          out[mt][t][e] = fmaf(b, xs[t][e], out[mt][t][e]);
+          acc[mt][t][e] = 0.0f;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) xs[t][e] = 0.0f;
+}
+
+/// All MMAs and folds of one item (its stage has landed and is visible to the block).
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void compute_item(float (&out)[2][TokenTiles][4], const sk::Params& p,
+                                             const unsigned char* stage, std::uint32_t stage_addr, std::int64_t item) {
+  using L = StageLayout<Bits, TokenTiles>;
+  using Op = Operand<T, Bits>;
+  using T2 = typename mma::Types<T>::T2;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int r = lane >> 2;
+  const int c = lane & 3;
+  const int rb = static_cast<int>(item / p.segments);
+  const int seg = static_cast<int>(item - static_cast<std::int64_t>(rb) * p.segments);
+  const int groups = kMmaSegment >> p.group_shift;
+  const int group_mask = (1 << p.group_shift) - 1;
+
+  // Where this lane's rows' scales sit in their slots: the copied words start at an even
+  // element, so the row's first group of the segment is at element (first element) & 1.
+  int scale_index[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = min(rb * kMmaRowsPerBlock + warp * 32 + mt * 16 + h * 8 + r, p.N - 1);
+      scale_index[mt][h] =
+          static_cast<int>((static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(seg) * groups) & 1);
+    }
+
+  float acc[2][TokenTiles][4];
+  float xs[TokenTiles][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.0f;
+#pragma unroll
+  for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) xs[t][e] = 0.0f;
+  const std::uint32_t ones[4] = {Op::kOnes, Op::kOnes, Op::kOnes, Op::kOnes};
+  const std::uint32_t magic = mma::Types<T>::kMagic;  // in a register: one LOP3 per pair
+
+  // ldmatrix.x4 addresses: lanes 0-7 rows 0-7, 8-15 rows 8-15 of the m16 tile, first unit;
+  // lanes 16-31 the same rows, next unit.
+  const int ld_row = warp * 32 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int ld_unit = lane >> 4;
+
+  std::uint32_t words[2][4];
+#pragma unroll
+  for (int j = 0; j < kMmaSegment / 32; ++j) {
+    // Weights of block j: 4-bit, one ldmatrix.x4 per m16 tile covers blocks j and j+1; 8-bit,
+    // halves 0 and 1 of block j.
+    if (Bits == 8 || j % 2 == 0) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int unit = (Bits == 8 ? 2 * j : j) + ld_unit;
+        ldmatrix_x4(words[mt], stage_addr + w_offset<Bits>(ld_row + mt * 16, unit));
+      }
+    }
+
+    // B fragments: bx[t][0..1] for the first MMA of the block, bx[t][2..3] for the second.
+    std::uint32_t bx[TokenTiles][4];
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+      const int token = t * 8 + r;
+      const unsigned char* xrow = stage + L::kXOffset;
+      if constexpr (Bits == 4) {
+        const uint4 X = *reinterpret_cast<const uint4*>(xrow + x_offset<4>(token, 4 * j + c));
+        bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
+        bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
+        bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
+        bx[t][3] = __byte_perm(X.y, X.w, 0x7632);  // (x3, x7)
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint2 X =
+              *reinterpret_cast<const uint2*>(xrow + x_offset<8>(token, 4 * j + 2 * h + (c >> 1)) + (c & 1) * 8);
+          bx[t][2 * h] = X.x;      // (x0, x1)
+          bx[t][2 * h + 1] = X.y;  // (x2, x3)
+        }
+      }
+    }
+
+    // sum(x) of the block, for the tokens of this lane's accumulator elements.
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+      mma::mma_16816<T>(xs[t], ones, bx[t][0], bx[t][1]);
+      mma::mma_16816<T>(xs[t], ones, bx[t][2], bx[t][3]);
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      if constexpr (Bits == 4) {
+        const std::uint32_t w0 = words[mt][(j & 1) * 2];      // row r
+        const std::uint32_t w8 = words[mt][(j & 1) * 2 + 1];  // row r + 8
+        const std::uint32_t a1[4] = {mma::and_or(w0, 0x000F000Fu, magic), mma::and_or(w8, 0x000F000Fu, magic),
+                                     mma::and_or(w0 >> 4, 0x000F000Fu, magic), mma::and_or(w8 >> 4, 0x000F000Fu, magic)};
+        const std::uint32_t a2[4] = {mma::and_or(w0 >> 8, 0x000F000Fu, magic), mma::and_or(w8 >> 8, 0x000F000Fu, magic),
+                                     mma::and_or(w0 >> 12, 0x000F000Fu, magic),
+                                     mma::and_or(w8 >> 12, 0x000F000Fu, magic)};
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t) {
+          mma::mma_16816<T>(acc[mt][t], a1, bx[t][0], bx[t][1]);
+          mma::mma_16816<T>(acc[mt][t], a2, bx[t][2], bx[t][3]);
+        }
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const std::uint32_t w0 = words[mt][2 * h];
+          const std::uint32_t w8 = words[mt][2 * h + 1];
+          if constexpr (!split_bytes<T, Bits>()) {
+            // (byte0, byte1) and (byte2, byte3) as 1024 + q halves (byte 5 of the pair is 0x64).
+            const std::uint32_t a[4] = {__byte_perm(w0, magic, 0x5150), __byte_perm(w8, magic, 0x5150),
+                                        __byte_perm(w0, magic, 0x5352), __byte_perm(w8, magic, 0x5352)};
+#pragma unroll
+            for (int t = 0; t < TokenTiles; ++t) mma::mma_16816<T>(acc[mt][t], a, bx[t][2 * h], bx[t][2 * h + 1]);
+          } else {
+            const std::uint32_t p0 = __byte_perm(w0, 0u, 0x4140), p8 = __byte_perm(w8, 0u, 0x4140);
+            const std::uint32_t q0 = __byte_perm(w0, 0u, 0x4342), q8 = __byte_perm(w8, 0u, 0x4342);
+            const std::uint32_t lo[4] = {mma::and_or(p0, 0x000F000Fu, magic), mma::and_or(p8, 0x000F000Fu, magic),
+                                         mma::and_or(q0, 0x000F000Fu, magic), mma::and_or(q8, 0x000F000Fu, magic)};
+            const std::uint32_t hi[4] = {mma::and_or(p0 >> 4, 0x000F000Fu, magic),
+                                         mma::and_or(p8 >> 4, 0x000F000Fu, magic),
+                                         mma::and_or(q0 >> 4, 0x000F000Fu, magic),
+                                         mma::and_or(q8 >> 4, 0x000F000Fu, magic)};
+            const T2 sixteen = T2{T(16.0f), T(16.0f)};
+#pragma unroll
+            for (int t = 0; t < TokenTiles; ++t) {
+              const std::uint32_t b16a = mma::as_u32(__hmul2(mma::as_t2<T2>(bx[t][2 * h]), sixteen));
+              const std::uint32_t b16b = mma::as_u32(__hmul2(mma::as_t2<T2>(bx[t][2 * h + 1]), sixteen));
+              mma::mma_16816<T>(acc[mt][t], lo, bx[t][2 * h], bx[t][2 * h + 1]);
+              mma::mma_16816<T>(acc[mt][t], hi, b16a, b16b);
+            }
+          }
+        }
+      }
+    }
+
+    // A group ends with this block: apply its scale and bias (groups past K are all zero and
+    // are skipped, their scale words may belong to the next row).
+    if ((((j + 1) * 32) & group_mask) == 0) {
+      const int group = (j * 32) >> p.group_shift;
+      if (seg * groups + group < p.groups_per_row) {
+        fold_group<T, Bits, TokenTiles>(out, acc, xs, stage, scale_index, group);
+      }
+    }
+  }
+}
+
+template <typename T, int Bits, int TokenTiles>
+__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_sm(Bits, TokenTiles))
+    qmv_staged_kernel(const sk::Params p) {
+  using L = StageLayout<Bits, TokenTiles>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_is_last;
+  const std::uint32_t smem_addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
+  const std::int64_t start = sk::item_start(items, p.blocks, blockIdx.x);
+  const std::int64_t end = sk::item_start(items, p.blocks, blockIdx.x + 1);
+
+  // Token rows M..8*TokenTiles-1 are never copied: zero them once in every stage so the MMA
+  // columns of absent tokens hold finite values (their outputs are never stored).
+  const int absent_words = (8 * TokenTiles - p.M) * L::kXRowBytes / 4;
+  for (int s = 0; s < L::kStages; ++s) {
+    auto* x_words = reinterpret_cast<std::uint32_t*>(smem + s * L::kStageBytes + L::kXOffset + p.M * L::kXRowBytes);
+    for (int u = threadIdx.x; u < absent_words; u += kMmaThreads) x_words[u] = 0u;
+  }
+
+#pragma unroll
+  for (int s = 0; s < L::kStages - 1; ++s) {
+    if (start + s < end) issue_item<T, Bits, TokenTiles>(p, smem_addr + s * L::kStageBytes, start + s);
+    cp_async_commit();
+  }
+
+  float out[2][TokenTiles][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[mt][t][e] = 0.0f;
+
+  std::int64_t run_first = start;  // first item of the current row block in this block's run
+  for (std::int64_t item = start; item < end; ++item) {
+    const int i = static_cast<int>(item - start);
+    cp_async_wait<L::kStages - 2>();  // this thread's copies of `item` have landed
+    __syncthreads();                  // everyone's have; everyone is done with item - 1's stage
+    if (item + L::kStages - 1 < end) {
+      issue_item<T, Bits, TokenTiles>(p, smem_addr + ((i + L::kStages - 1) % L::kStages) * L::kStageBytes,
+                                      item + L::kStages - 1);
+    }
+    cp_async_commit();
+    const int buf = i % L::kStages;
+    compute_item<T, Bits, TokenTiles>(out, p, smem + buf * L::kStageBytes, smem_addr + buf * L::kStageBytes, item);
+    if (item + 1 == end || (item + 1) % p.segments == 0) {
+      sk::finish_row_block<T, TokenTiles>(out, p, static_cast<int>(item / p.segments), run_first, item, start,
+                                          &s_is_last);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) out[mt][t][e] = 0.0f;
+      run_first = item + 1;
+    }
+  }
+}
+
+/// Opts a kernel into more than 48 KB of dynamic shared memory, once per (kernel, device).
+void allow_dynamic_smem(const void* fn, int bytes) {
+  int device = 0;
+  QMM_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.count({fn, device}) != 0) return;
+  QMM_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert({fn, device});
+}
+
+struct KernelRef {
+  const void* fn;
+  int smem_bytes;
+};
+
+template <typename T, int Bits, int TokenTiles>
+KernelRef kernel_ref() {
+  return {reinterpret_cast<const void*>(&qmv_staged_kernel<T, Bits, TokenTiles>),
+          StageLayout<Bits, TokenTiles>::kSmemBytes};
+}
+
+template <typename T, int Bits>
+KernelRef kernel_ref_tiles(int token_tiles) {
+  switch (token_tiles) {
+    case 1:
+      return kernel_ref<T, Bits, 1>();
+    case 2:
+      return kernel_ref<T, Bits, 2>();
+    case 4:
+      return kernel_ref<T, Bits, 4>();
+    case 8:
+      return kernel_ref<T, Bits, 8>();
+    default:
+      throw std::logic_error("qmv_staged: unsupported token tile count");
+  }
+}
+
+KernelRef kernel_for(const MatmulProblem& p, int token_tiles) {
+  const bool bf16 = p.x_dtype == Dtype::bfloat16;
+  if (p.w.bits == 4) return bf16 ? kernel_ref_tiles<__nv_bfloat16, 4>(token_tiles) : kernel_ref_tiles<__half, 4>(token_tiles);
+  if (p.w.bits == 8) return bf16 ? kernel_ref_tiles<__nv_bfloat16, 8>(token_tiles) : kernel_ref_tiles<__half, 8>(token_tiles);
+  throw std::logic_error("qmv_staged: unsupported bits reached the launcher");
+}
+
+}  // namespace
+
+int qmv_staged_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
+  const KernelRef k = kernel_for(p, config.token_tiles);
+  allow_dynamic_smem(k.fn, k.smem_bytes);
+  int blocks = 0;
+  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, kMmaThreads, k.smem_bytes));
+  return blocks;
+}
+
+void launch_qmv_staged(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  const KernelRef k = kernel_for(p, config.token_tiles);
+  allow_dynamic_smem(k.fn, k.smem_bytes);
+  sk::Params q = sk::make_params(p, config.blocks);
+  sk::bind_workspace(q, stream, p, config);
+  const int rows_per_pass = 8 * config.token_tiles;
+  const std::size_t x_item = itemsize(p.x_dtype);
+  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
+    q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
+    q.x = static_cast<const char*>(p.x) + m0 * p.K * static_cast<std::int64_t>(x_item);
+    q.out = static_cast<char*>(p.out) + m0 * p.N * static_cast<std::int64_t>(x_item);
+    void* args[] = {&q};
+    QMM_CUDA_CHECK(cudaLaunchKernel(k.fn, dim3(config.blocks), dim3(kMmaThreads), args,
+                                    static_cast<std::size_t>(k.smem_bytes), stream));
+  }
+}
+
+}  // namespace qmm::detail

@@ -1,0 +1,197 @@
+// Stream-K work split shared by the tensor-core kernel families (qmv_mma_kernels.cu,
+// qmv_staged_kernels.cu).
+//
+// The problem is a grid of items (row block of kMmaRowsPerBlock rows, K segment of kMmaSegment
+// values). `blocks` persistent blocks take equal contiguous runs of items in row-block-major
+// order, so every block streams the same number of bytes whatever N and K are. A row block
+// covered by several blocks is finished by the last of them to arrive, which adds the fp32
+// partials in block order: a fixed order, independent of M and of timing, so every output row
+// is bit-identical whether it ran alone or with up to 15 others.
+//
+// Accumulator fragments are float acc[2][TokenTiles][4]: a block has 4 warps of 32 rows, each
+// warp two m16 tiles (index 0..1) of mma.m16n8k16 times TokenTiles 8-token tiles.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "src/core/problem.h"
+#include "src/cuda/dispatch.h"
+#include "src/cuda/workspace.h"
+#include "src/format/affine.h"
+
+namespace qmm::cuda::stream_k {
+
+using detail::cuda_dispatch::kMmaRowsPerBlock;
+using detail::cuda_dispatch::kMmaSegment;
+using detail::cuda_dispatch::kMmaThreads;
+
+struct Params {
+  const void* x;
+  void* out;
+  const std::uint32_t* w_q;
+  const void* scales;
+  const void* biases;
+  int M;  // rows of x in this pass (<= 8 * TokenTiles)
+  int N;
+  int K;
+  int group_shift;  // log2(group_size)
+  std::int64_t words_per_row;
+  int groups_per_row;
+  int row_blocks;
+  int segments;
+  int blocks;
+  int* counters;    // one per row block, zero between calls
+  float* partials;  // [blocks][2][fragment floats]
+};
+
+/// Item range [start, end) of block b.
+__device__ __forceinline__ std::int64_t item_start(std::int64_t items, int blocks, int b) {
+  return items * b / blocks;
+}
+/// The block whose range holds item t.
+__device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std::int64_t t) {
+  return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
+}
+
+/// Writes an accumulator fragment to out (rows of W are columns of out).
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4], const Params& p, int rb,
+                                             int warp, int lane) {
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = rb * kMmaRowsPerBlock + warp * 32 + tile * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
+        const int m = t * 8 + 2 * (lane & 3) + (e & 1);
+        if (n < p.N && m < p.M) out[static_cast<std::int64_t>(m) * p.N + n] = T(acc[tile][t][e]);
+      }
+    }
+  }
+}
+
+/// Called by every thread of the block when its run of items [first, last] of row block rb
+/// ends (first/last are absolute item indices; start is the block's first item). A whole row
+/// block is stored; a partial one is published, and the last contributor reduces in block order
+/// and stores. `s_is_last` is a shared-memory flag. acc is clobbered.
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4], const Params& p, int rb,
+                                                 std::int64_t first, std::int64_t last, std::int64_t start,
+                                                 int* s_is_last) {
+  constexpr int kFragmentFloats = kMmaThreads * 2 * TokenTiles * 4;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
+  const std::int64_t rb_first_item = static_cast<std::int64_t>(rb) * p.segments;
+  if (first == rb_first_item && last == rb_first_item + p.segments - 1) {
+    store_output<T, TokenTiles>(acc, p, rb, warp, lane);
+    return;
+  }
+  // Partial row block: publish, and let the last contributor reduce in block order. A block's
+  // run can start inside one row block (slot 0) and end inside another (slot 1).
+  const int slot = first == start ? 0 : 1;
+  float* mine = p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats;
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mine[((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x] = acc[tile][t][e];
+  __threadfence();
+  __syncthreads();
+  const int first_block = block_of_item(items, p.blocks, rb_first_item);
+  const int last_block = block_of_item(items, p.blocks, rb_first_item + p.segments - 1);
+  if (threadIdx.x == 0) {
+    const int arrived = atomicAdd(&p.counters[rb], 1);
+    *s_is_last = arrived == last_block - first_block;
+  }
+  __syncthreads();
+  if (*s_is_last) {
+    __threadfence();
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
+    // Loads of kBatch partials are issued together (one L2 round trip per batch); the sum
+    // still runs in block order, so the result does not depend on the batching.
+    constexpr int kBatch = TokenTiles <= 1 ? 4 : 4 / TokenTiles > 0 ? 4 / TokenTiles : 1;
+    for (int b0 = first_block; b0 <= last_block; b0 += kBatch) {
+      float v[kBatch][2][TokenTiles][4];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int b = b0 + j;
+        if (b > last_block) break;
+        const int b_slot = item_start(items, p.blocks, b) >= rb_first_item ? 0 : 1;
+        const float* theirs = p.partials + (static_cast<std::int64_t>(b) * 2 + b_slot) * kFragmentFloats;
+#pragma unroll
+        for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+          for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              v[j][tile][t][e] = __ldcg(theirs + ((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x);
+      }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        if (b0 + j > last_block) break;
+#pragma unroll
+        for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+          for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[tile][t][e] += v[j][tile][t][e];
+      }
+    }
+    store_output<T, TokenTiles>(acc, p, rb, warp, lane);
+    if (threadIdx.x == 0) p.counters[rb] = 0;  // ready for the next call on this stream
+  }
+  __syncthreads();  // s_is_last is reused by the next row block
+}
+
+// ---- host side -------------------------------------------------------------------------------
+
+inline std::size_t counters_bytes(int row_blocks) {
+  return (static_cast<std::size_t>(row_blocks) * sizeof(int) + 255) & ~static_cast<std::size_t>(255);
+}
+
+/// Everything but the pass (x, out, M) and the workspace pointers.
+inline Params make_params(const detail::MatmulProblem& p, int blocks) {
+  Params q{};
+  q.w_q = p.w.w_q;
+  q.scales = p.w.scales;
+  q.biases = p.w.biases;
+  q.N = static_cast<int>(p.N);
+  q.K = static_cast<int>(p.K);
+  q.group_shift = p.w.group_size == 32 ? 5 : p.w.group_size == 64 ? 6 : 7;
+  q.words_per_row = format::packed_words(p.K, p.w.bits);
+  q.groups_per_row = static_cast<int>(p.K / p.w.group_size);
+  q.row_blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
+  q.segments = static_cast<int>((p.K + kMmaSegment - 1) / kMmaSegment);
+  q.blocks = blocks;
+  return q;
+}
+
+/// Counters (one per row block) then two partial fragments per block.
+inline std::size_t workspace_bytes(const detail::MatmulProblem& p, const detail::cuda_dispatch::KernelConfig& config) {
+  const Params q = make_params(p, config.blocks);
+  const std::size_t fragment_bytes = static_cast<std::size_t>(kMmaThreads) * 2 * config.token_tiles * 4 * sizeof(float);
+  return counters_bytes(q.row_blocks) + static_cast<std::size_t>(config.blocks) * 2 * fragment_bytes;
+}
+
+/// Points q at this stream's workspace (allocated once per stream, reused by every call).
+inline void bind_workspace(Params& q, cudaStream_t stream, const detail::MatmulProblem& p,
+                           const detail::cuda_dispatch::KernelConfig& config) {
+  char* ws = static_cast<char*>(
+      detail::stream_workspace(stream, detail::WorkspacePurpose::mma_stream_k, workspace_bytes(p, config)));
+  q.counters = reinterpret_cast<int*>(ws);
+  q.partials = reinterpret_cast<float*>(ws + counters_bytes(q.row_blocks));
+}
+
+}  // namespace qmm::cuda::stream_k

@@ -1,0 +1,121 @@
+// CUDA kernel selection (src/cuda/dispatch.cpp) as the pure function it is: problem shape and
+// device shape in, configuration out. Runs on the CPU (label cpu) in every CUDA build.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "qmm/qmm.h"
+#include "src/cuda/dispatch.h"
+
+namespace qmm::detail::cuda_dispatch {
+namespace {
+
+ProblemShape shape(std::int64_t M, std::int64_t N, std::int64_t K, int bits = 4, Dtype dt = Dtype::float16) {
+  ProblemShape p;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.bits = bits;
+  p.group_size = 64;
+  p.x_dtype = dt;
+  p.w_dtype = dt;
+  return p;
+}
+
+const DeviceShape kH100{132, 90};
+
+TEST(CudaDispatch, SmallMFourAndEightBitTakeTheStagedFamily) {
+  for (int bits : {4, 8}) {
+    for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
+      for (std::int64_t M = 1; M <= 64; ++M) {
+        const KernelConfig c = choose(shape(M, 13824, 5120, bits, dt), kH100);
+        EXPECT_EQ(c.family, Family::qmv_staged) << M;
+        const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
+        EXPECT_EQ(c.token_tiles, tiles) << M;
+        EXPECT_EQ(c.name(), "qmv_staged_m" + std::to_string(8 * tiles));
+      }
+    }
+  }
+}
+
+TEST(CudaDispatch, OtherBitWidthsTakeTheRegisterFamily) {
+  for (int bits : {2, 3, 5, 6}) {
+    const KernelConfig c = choose(shape(3, 5120, 5120, bits), kH100);
+    EXPECT_EQ(c.family, Family::qmv_mma);
+    EXPECT_EQ(c.name(), "qmv_mma_m8");
+  }
+}
+
+TEST(CudaDispatch, CudaCoreKernelsForWhatTensorCoresCannotTake) {
+  ProblemShape fp32 = shape(3, 512, 512, 4, Dtype::float32);
+  EXPECT_EQ(choose(fp32, kH100).family, Family::qmv_warp_rows);
+  ProblemShape mixed = shape(3, 512, 512);
+  mixed.w_dtype = Dtype::bfloat16;
+  EXPECT_EQ(choose(mixed, kH100).family, Family::qmv_warp_rows);
+  ProblemShape vm = shape(3, 512, 512);
+  vm.transpose = false;
+  EXPECT_EQ(choose(vm, kH100).family, Family::qvm_columns);
+}
+
+/// M = 1..16 share one stream-K split (so every output bit is the same, batch invariance); the
+/// grid fills every SM's resident slots and never exceeds the number of items.
+TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
+  for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{13824, 5120}, {1024, 5120}, {300, 4096}, {8, 32}}) {
+    const int blocks = choose(shape(1, N, K), kH100).blocks;
+    const std::int64_t items = ((N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((K + kMmaSegment - 1) / kMmaSegment);
+    EXPECT_EQ(blocks, std::min<std::int64_t>(items, 132 * staged_blocks_per_sm(4, 1))) << N << "x" << K;
+    for (std::int64_t M = 2; M <= 16; ++M) EXPECT_EQ(choose(shape(M, N, K), kH100).blocks, blocks) << M;
+  }
+  EXPECT_EQ(choose(shape(1, 8, 32), kH100).blocks, 1);
+  // Fewer SMs, fewer blocks.
+  EXPECT_EQ(choose(shape(1, 13824, 5120), DeviceShape{108, 80}).blocks, 108 * staged_blocks_per_sm(4, 1));
+}
+
+TEST(CudaDispatch, Pure) {
+  const ProblemShape p = shape(5, 5120, 13824);
+  const KernelConfig a = choose(p, kH100), b = choose(p, kH100);
+  EXPECT_EQ(a.name(), b.name());
+  EXPECT_EQ(a.blocks, b.blocks);
+}
+
+TEST(CudaDispatch, ForcedNamesParse) {
+  const ProblemShape p = shape(3, 1024, 5120);
+  KernelConfig c = forced("qmv_staged_m16", p, kH100);
+  EXPECT_EQ(c.family, Family::qmv_staged);
+  EXPECT_EQ(c.token_tiles, 2);
+  EXPECT_EQ(c.blocks, choose(p, kH100).blocks);
+  c = forced("qmv_staged_m64_b77", p, kH100);
+  EXPECT_EQ(c.token_tiles, 8);
+  EXPECT_EQ(c.blocks, 77);
+  c = forced("qmv_mma_m32_b5", p, kH100);
+  EXPECT_EQ(c.family, Family::qmv_mma);
+  EXPECT_EQ(c.token_tiles, 4);
+  EXPECT_EQ(c.blocks, 5);
+  EXPECT_EQ(forced("qmv_warp_rows", p, kH100).family, Family::qmv_warp_rows);
+  // Every listed name is accepted for a problem it supports.
+  ProblemShape vm = p;
+  vm.transpose = false;
+  for (const auto& name : kernel_names()) {
+    const ProblemShape& q = name == "qvm_columns" ? vm : p;
+    EXPECT_EQ(forced(name, q, kH100).name(), name);
+  }
+}
+
+TEST(CudaDispatch, ForcedNamesThatCannotRunThrow) {
+  const ProblemShape p = shape(3, 1024, 5120);
+  for (const char* bad : {"qmv_staged", "qmv_staged_m12", "qmv_staged_m8_b", "qmv_staged_m8_b0", "qmv_staged_m8_bx",
+                          "qmv_mma_m8_b123456789", "dense", ""}) {
+    EXPECT_THROW(forced(bad, p, kH100), Error) << bad;
+  }
+  EXPECT_THROW(forced("qmv_staged_m8", shape(3, 1024, 5120, 3), kH100), Error);
+  EXPECT_THROW(forced("qmv_staged_m8", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
+  EXPECT_THROW(forced("qmv_mma_m8", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
+  ProblemShape vm = p;
+  vm.transpose = false;
+  EXPECT_THROW(forced("qmv_staged_m8", vm, kH100), Error);
+  EXPECT_THROW(forced("qmv_warp_rows", vm, kH100), Error);
+  EXPECT_THROW(forced("qvm_columns", p, kH100), Error);
+}
+
+}  // namespace
+}  // namespace qmm::detail::cuda_dispatch
