@@ -130,57 +130,85 @@ constexpr bool split_bytes() {
   return Bits == 8 && std::is_same<T, __nv_bfloat16>::value;
 }
 
-/// Starts the copies of item `item` into the stage at shared address `stage`.
-template <typename T, int Bits, int TokenTiles>
-__device__ __forceinline__ void issue_item(const sk::Params& p, std::uint32_t stage, std::int64_t item) {
-  using L = StageLayout<Bits, TokenTiles>;
-  const int rb = static_cast<int>(item / p.segments);
-  const int seg = static_cast<int>(item - static_cast<std::int64_t>(rb) * p.segments);
-  const int n0 = rb * kMmaRowsPerBlock;
-  const int k0 = seg * kMmaSegment;
+/// What this thread copies for the items of one row block, everything but the segment offset:
+/// set up once per row block so that a stage costs a handful of integer instructions (the
+/// first version recomputed 64-bit item arithmetic per stage and was issue-bound on it).
+template <int Bits>
+struct CopyPlan {
+  // Weights: unit u = threadIdx.x + 128 i (i < Bits) of the tile is row u / Bits, 16-byte unit
+  // u % Bits of the row's segment: rows row0 + i * 128 / Bits, one unit column per thread.
+  const std::uint32_t* w;     // the unit's first word in segment 0 of row row0
+  std::int64_t w_row_stride;  // words from one of this thread's rows to the next
+  unsigned w_rows_valid;      // bit i: row i exists (< N)
+  // Scales and biases: this thread copies row threadIdx.x's words.
+  std::int64_t scale_e0;  // the row's first element (rows past N use row N-1)
+};
 
-  // Weights: Bits 16-byte units per row; rows past N and values past K are zero-filled.
+template <int Bits>
+__device__ __forceinline__ CopyPlan<Bits> make_plan(const sk::Params& p, int rb) {
+  CopyPlan<Bits> c;
+  const int row0 = static_cast<int>(threadIdx.x) / Bits;
+  const int unit = static_cast<int>(threadIdx.x) % Bits;
+  const int n0 = rb * kMmaRowsPerBlock;
+  c.w = p.w_q + static_cast<std::int64_t>(n0 + row0) * p.words_per_row + unit * 4;
+  c.w_row_stride = static_cast<std::int64_t>(kMmaThreads / Bits) * p.words_per_row;
+  c.w_rows_valid = 0;
+#pragma unroll
+  for (int i = 0; i < Bits; ++i) c.w_rows_valid |= (n0 + row0 + i * (kMmaThreads / Bits) < p.N ? 1u : 0u) << i;
+  c.scale_e0 = static_cast<std::int64_t>(min(n0 + static_cast<int>(threadIdx.x), p.N - 1)) * p.groups_per_row;
+  return c;
+}
+
+/// Starts the copies of segment `seg` of the plan's row block into the stage at shared address
+/// `stage`. Rows past N and values past K are zero-filled (cp.async with 0 source bytes).
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<Bits>& c, std::uint32_t stage, int seg) {
+  using L = StageLayout<Bits, TokenTiles>;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int k_seg = seg * kMmaSegment;
+
+  // Weights: unit u = tid + 128 i lands at w_offset(u) = w_offset(tid) + 2048 i (the swizzle
+  // depends on u's low 6 bits only).
+  const bool k_ok = k_seg + (tid % Bits) * (kMmaSegment / Bits) < p.K;
+  const std::uint32_t* w = c.w + seg * (4 * Bits);
+  const std::uint32_t w_smem = stage + w_offset<Bits>(tid / Bits, tid % Bits);
 #pragma unroll
   for (int i = 0; i < Bits; ++i) {
-    const int u = static_cast<int>(threadIdx.x) + i * kMmaThreads;
-    const int row = u / Bits;
-    const int unit = u % Bits;
-    const int n = n0 + row;
-    const int k = k0 + unit * (kMmaSegment / Bits);
-    const bool valid = n < p.N && k < p.K;
-    const std::uint32_t* src = valid ? p.w_q + n * p.words_per_row + k0 * Bits / 32 + unit * 4 : p.w_q;
-    cp_async_16(stage + w_offset<Bits>(row, unit), src, valid ? 16 : 0);
+    const bool valid = k_ok && ((c.w_rows_valid >> i) & 1u);
+    cp_async_16(w_smem + i * 2048, valid ? w + i * c.w_row_stride : p.w_q, valid ? 16 : 0);
   }
 
-  // Scales and biases: the aligned words covering the row's groups of this segment. Rows past N
-  // read row N-1 (their outputs are never stored); bytes past the end of the array are zero.
+  // Scales and biases: the aligned words covering the row's groups of this segment; bytes past
+  // the end of the array are zero.
   const int groups = kMmaSegment >> p.group_shift;
   const int words = groups == 1 ? 1 : groups / 2 + 1;
   const std::int64_t elements = static_cast<std::int64_t>(p.N) * p.groups_per_row;
-  for (int u = threadIdx.x; u < 2 * kMmaRowsPerBlock * words; u += kMmaThreads) {
-    const int array = u >= kMmaRowsPerBlock * words ? 1 : 0;
-    const int rest = u - array * kMmaRowsPerBlock * words;
-    const int row = rest / words;
-    const int i = rest - row * words;
-    const int n = min(n0 + row, p.N - 1);
-    const std::int64_t e0 = static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(seg) * groups;
-    const std::int64_t word = (e0 >> 1) + i;
-    const std::int64_t left = (elements - 2 * word) * 2;
-    const int bytes = left >= 4 ? 4 : left > 0 ? static_cast<int>(left) : 0;
-    const char* base = static_cast<const char*>(array ? p.biases : p.scales);
-    cp_async_4(stage + (array ? L::kBiasesOffset : L::kScalesOffset) + row * L::kScaleSlotBytes + i * 4,
-               bytes > 0 ? base + word * 4 : base, bytes);
+  const std::int64_t word0 = (c.scale_e0 + static_cast<std::int64_t>(seg) * groups) >> 1;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    if (i < words) {
+      const std::int64_t left = (elements - 2 * (word0 + i)) * 2;
+      const int bytes = left >= 4 ? 4 : left > 0 ? static_cast<int>(left) : 0;
+      const std::uint32_t dst = stage + tid * L::kScaleSlotBytes + i * 4;
+      const char* s = static_cast<const char*>(p.scales);
+      const char* b = static_cast<const char*>(p.biases);
+      cp_async_4(dst + L::kScalesOffset, bytes > 0 ? s + (word0 + i) * 4 : s, bytes);
+      cp_async_4(dst + L::kBiasesOffset, bytes > 0 ? b + (word0 + i) * 4 : b, bytes);
+    }
   }
 
-  // x: rows 0..M-1 of this segment, 16 units of 8 values each; values past K are zero-filled.
+  // x: rows 0..M-1 of this segment, 16 units of 8 values each.
   const T* x = static_cast<const T*>(p.x);
-  for (int u = threadIdx.x; u < p.M * 16; u += kMmaThreads) {
-    const int m = u >> 4;
-    const int unit = u & 15;
-    const int k = k0 + unit * 8;
-    const bool valid = k < p.K;
-    cp_async_16(stage + L::kXOffset + x_offset<Bits>(m, unit), valid ? x + static_cast<std::int64_t>(m) * p.K + k : x,
-                valid ? 16 : 0);
+#pragma unroll
+  for (int j = 0; j < TokenTiles; ++j) {
+    const int u = tid + j * kMmaThreads;
+    if (u < p.M * 16) {
+      const int m = u >> 4;
+      const int k = k_seg + (u & 15) * 8;
+      const bool valid = k < p.K;
+      cp_async_16(stage + L::kXOffset + x_offset<Bits>(m, u & 15),
+                  valid ? x + static_cast<std::int64_t>(m) * p.K + k : x, valid ? 16 : 0);
+    }
   }
 }
 
@@ -228,7 +256,8 @@ __device__ __forceinline__ void fold_group(float (&out)[2][TokenTiles][4], float
 /// All MMAs and folds of one item (its stage has landed and is visible to the block).
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void compute_item(float (&out)[2][TokenTiles][4], const sk::Params& p,
-                                             const unsigned char* stage, std::uint32_t stage_addr, std::int64_t item) {
+                                             const unsigned char* stage, std::uint32_t stage_addr, int seg,
+                                             unsigned row_parity) {
   using L = StageLayout<Bits, TokenTiles>;
   using Op = Operand<T, Bits>;
   using T2 = typename mma::Types<T>::T2;
@@ -236,22 +265,18 @@ __device__ __forceinline__ void compute_item(float (&out)[2][TokenTiles][4], con
   const int warp = threadIdx.x >> 5;
   const int r = lane >> 2;
   const int c = lane & 3;
-  const int rb = static_cast<int>(item / p.segments);
-  const int seg = static_cast<int>(item - static_cast<std::int64_t>(rb) * p.segments);
   const int groups = kMmaSegment >> p.group_shift;
   const int group_mask = (1 << p.group_shift) - 1;
 
   // Where this lane's rows' scales sit in their slots: the copied words start at an even
-  // element, so the row's first group of the segment is at element (first element) & 1.
+  // element, so the row's first group of the segment is at (n * groups_per_row + seg * groups)
+  // & 1, i.e. the row's parity bit, flipped by odd segments when a segment is one group.
+  const unsigned seg_flip = groups == 1 ? static_cast<unsigned>(seg & 1) * 0xFu : 0u;
   int scale_index[2][2];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int n = min(rb * kMmaRowsPerBlock + warp * 32 + mt * 16 + h * 8 + r, p.N - 1);
-      scale_index[mt][h] =
-          static_cast<int>((static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(seg) * groups) & 1);
-    }
+    for (int h = 0; h < 2; ++h) scale_index[mt][h] = static_cast<int>(((row_parity ^ seg_flip) >> (2 * mt + h)) & 1u);
 
   float acc[2][TokenTiles][4];
   float xs[TokenTiles][4];
@@ -375,6 +400,21 @@ __device__ __forceinline__ void compute_item(float (&out)[2][TokenTiles][4], con
   }
 }
 
+/// Parity of n * groups_per_row for this lane's rows n of row block rb (bit 2 * mt + h).
+__device__ __forceinline__ unsigned row_parity_bits(const sk::Params& p, int rb) {
+  const int warp = threadIdx.x >> 5;
+  const int r = (threadIdx.x & 31) >> 2;
+  unsigned bits = 0;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = min(rb * kMmaRowsPerBlock + warp * 32 + mt * 16 + h * 8 + r, p.N - 1);
+      bits |= static_cast<unsigned>(n & p.groups_per_row & 1) << (2 * mt + h);
+    }
+  return bits;
+}
+
 template <typename T, int Bits, int TokenTiles>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_sm(Bits, TokenTiles))
     qmv_staged_kernel(const sk::Params p) {
@@ -384,7 +424,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
   const std::uint32_t smem_addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
   const std::int64_t start = sk::item_start(items, p.blocks, blockIdx.x);
-  const std::int64_t end = sk::item_start(items, p.blocks, blockIdx.x + 1);
+  const int count = static_cast<int>(sk::item_start(items, p.blocks, blockIdx.x + 1) - start);
 
   // Token rows M..8*TokenTiles-1 are never copied: zero them once in every stage so the MMA
   // columns of absent tokens hold finite values (their outputs are never stored).
@@ -394,9 +434,22 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
     for (int u = threadIdx.x; u < absent_words; u += kMmaThreads) x_words[u] = 0u;
   }
 
+  // Two cursors over the block's items (row block, segment): the copies run kStages - 1 items
+  // ahead of the compute.
+  const int first_rb = static_cast<int>(start / p.segments);
+  const int first_seg = static_cast<int>(start - static_cast<std::int64_t>(first_rb) * p.segments);
+  int issue_rb = first_rb, issue_seg = first_seg;
+  CopyPlan<Bits> plan = make_plan<Bits>(p, issue_rb);
+  auto issue_next = [&](int buf) {
+    issue_item<T, Bits, TokenTiles>(p, plan, smem_addr + buf * L::kStageBytes, issue_seg);
+    if (++issue_seg == p.segments) {
+      issue_seg = 0;
+      plan = make_plan<Bits>(p, ++issue_rb);
+    }
+  };
 #pragma unroll
   for (int s = 0; s < L::kStages - 1; ++s) {
-    if (start + s < end) issue_item<T, Bits, TokenTiles>(p, smem_addr + s * L::kStageBytes, start + s);
+    if (s < count) issue_next(s);
     cp_async_commit();
   }
 
@@ -408,29 +461,32 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
 #pragma unroll
       for (int e = 0; e < 4; ++e) out[mt][t][e] = 0.0f;
 
+  int rb = first_rb, seg = first_seg;
+  unsigned parity = row_parity_bits(p, rb);
   std::int64_t run_first = start;  // first item of the current row block in this block's run
-  for (std::int64_t item = start; item < end; ++item) {
-    const int i = static_cast<int>(item - start);
-    cp_async_wait<L::kStages - 2>();  // this thread's copies of `item` have landed
-    __syncthreads();                  // everyone's have; everyone is done with item - 1's stage
-    if (item + L::kStages - 1 < end) {
-      issue_item<T, Bits, TokenTiles>(p, smem_addr + ((i + L::kStages - 1) % L::kStages) * L::kStageBytes,
-                                      item + L::kStages - 1);
-    }
+  int buf = 0;                     // stage of item i
+  for (int i = 0; i < count; ++i) {
+    cp_async_wait<L::kStages - 2>();  // this thread's copies of item i have landed
+    __syncthreads();                  // everyone's have; everyone is done with item i-1's stage
+    if (i + L::kStages - 1 < count) issue_next(buf == 0 ? L::kStages - 1 : buf - 1);
     cp_async_commit();
-    const int buf = i % L::kStages;
-    compute_item<T, Bits, TokenTiles>(out, p, smem + buf * L::kStageBytes, smem_addr + buf * L::kStageBytes, item);
-    if (item + 1 == end || (item + 1) % p.segments == 0) {
-      sk::finish_row_block<T, TokenTiles>(out, p, static_cast<int>(item / p.segments), run_first, item, start,
-                                          &s_is_last);
+    compute_item<T, Bits, TokenTiles>(out, p, smem + buf * L::kStageBytes, smem_addr + buf * L::kStageBytes, seg,
+                                      parity);
+    if (i + 1 == count || seg + 1 == p.segments) {
+      sk::finish_row_block<T, TokenTiles>(out, p, rb, run_first, start + i, start, &s_is_last);
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int t = 0; t < TokenTiles; ++t)
 #pragma unroll
           for (int e = 0; e < 4; ++e) out[mt][t][e] = 0.0f;
-      run_first = item + 1;
+      run_first = start + i + 1;
     }
+    if (++seg == p.segments) {
+      seg = 0;
+      parity = row_parity_bits(p, ++rb);
+    }
+    buf = buf + 1 == L::kStages ? 0 : buf + 1;
   }
 }
 
