@@ -40,7 +40,7 @@ tail -6 "$LOGS/ctest_cuda.log"
 step compute-sanitizer
 for tool in memcheck racecheck; do
   timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 build-gpu/tests/qmm_cuda_tests \
-    --gtest_filter='CudaMatmul.NAndK*:CudaMatmul.LargeK*:CudaMatmul.Capturable*:CudaMatmul.BatchedAnd*:CudaQuantize.*' \
+    --gtest_filter='CudaMatmul.NAndK*:CudaMatmul.LargeK*:CudaMatmul.Capturable*:CudaMatmul.BatchedAnd*:CudaMatmul.Misaligned*:CudaQuantize.*' \
     >"$LOGS/sanitize_$tool.log" 2>&1
   echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOGS/sanitize_$tool.log") clean summaries)"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitize_$tool.log" | tail -2
@@ -61,7 +61,7 @@ if [ "$PHASE" != tests ]; then
 PEER_ARGS=()
 if [ "$PEERS" = 1 ]; then
   step peers
-  PYTHONUNBUFFERED=1 timeout 240 python3 bench/peers/run_peers.py --preset qwen2.5-14b --m 1-16,32,64 ${PEER_LIST:+--peers $PEER_LIST} \
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/peers/run_peers.py --preset qwen2.5-14b --m 1-16,32,64 ${PEER_LIST:+--peers $PEER_LIST} --peer-timeout "${PEER_TIMEOUT:-110}" \
     --budget-ms "$BUDGET" --json "$OUT/peers.json" >"$LOGS/peers.log" 2>&1
   tail -12 "$LOGS/peers.log"
   [ -s "$OUT/peers.json" ] && PEER_ARGS=(--peers "$OUT/peers.json")

@@ -24,25 +24,17 @@ ProblemShape shape(std::int64_t M, std::int64_t N, std::int64_t K, int bits = 4,
 
 const DeviceShape kH100{132, 90};
 
-TEST(CudaDispatch, SmallMFourAndEightBitTakeTheStagedFamily) {
-  for (int bits : {4, 8}) {
+TEST(CudaDispatch, SixteenBitActivationsTakeTheTensorCoreFamily) {
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
     for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
       for (std::int64_t M = 1; M <= 64; ++M) {
         const KernelConfig c = choose(shape(M, 13824, 5120, bits, dt), kH100);
-        EXPECT_EQ(c.family, Family::qmv_staged) << M;
+        EXPECT_EQ(c.family, Family::qmv_mma) << M;
         const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
         EXPECT_EQ(c.token_tiles, tiles) << M;
-        EXPECT_EQ(c.name(), "qmv_staged_m" + std::to_string(8 * tiles));
+        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles));
       }
     }
-  }
-}
-
-TEST(CudaDispatch, OtherBitWidthsTakeTheRegisterFamily) {
-  for (int bits : {2, 3, 5, 6}) {
-    const KernelConfig c = choose(shape(3, 5120, 5120, bits), kH100);
-    EXPECT_EQ(c.family, Family::qmv_mma);
-    EXPECT_EQ(c.name(), "qmv_mma_m8");
   }
 }
 
@@ -63,12 +55,12 @@ TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
   for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{13824, 5120}, {1024, 5120}, {300, 4096}, {8, 32}}) {
     const int blocks = choose(shape(1, N, K), kH100).blocks;
     const std::int64_t items = ((N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((K + kMmaSegment - 1) / kMmaSegment);
-    EXPECT_EQ(blocks, std::min<std::int64_t>(items, 132 * staged_blocks_per_sm(4, 1))) << N << "x" << K;
+    EXPECT_EQ(blocks, std::min<std::int64_t>(items, 132 * mma_blocks_per_sm(1))) << N << "x" << K;
     for (std::int64_t M = 2; M <= 16; ++M) EXPECT_EQ(choose(shape(M, N, K), kH100).blocks, blocks) << M;
   }
   EXPECT_EQ(choose(shape(1, 8, 32), kH100).blocks, 1);
   // Fewer SMs, fewer blocks.
-  EXPECT_EQ(choose(shape(1, 13824, 5120), DeviceShape{108, 80}).blocks, 108 * staged_blocks_per_sm(4, 1));
+  EXPECT_EQ(choose(shape(1, 13824, 5120), DeviceShape{108, 80}).blocks, 108 * mma_blocks_per_sm(1));
 }
 
 TEST(CudaDispatch, Pure) {
@@ -83,7 +75,8 @@ TEST(CudaDispatch, ForcedNamesParse) {
   KernelConfig c = forced("qmv_staged_m16", p, kH100);
   EXPECT_EQ(c.family, Family::qmv_staged);
   EXPECT_EQ(c.token_tiles, 2);
-  EXPECT_EQ(c.blocks, choose(p, kH100).blocks);
+  EXPECT_EQ(c.blocks, std::min<int>(40 * 8, 132 * staged_blocks_per_sm(4, 2)));
+  EXPECT_EQ(forced("qmv_mma_m8", p, kH100).blocks, choose(p, kH100).blocks);
   c = forced("qmv_staged_m64_b77", p, kH100);
   EXPECT_EQ(c.token_tiles, 8);
   EXPECT_EQ(c.blocks, 77);

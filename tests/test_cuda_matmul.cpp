@@ -175,7 +175,8 @@ TEST(CudaMatmul, NAndKAroundTileAndGroupBoundaries) {
         check_case({3, N, K, 4, g, Dtype::float16, Dtype::float16, true, ""}, rng);
         check_case({9, N, K, 3, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
         check_case({2, N, K, 8, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
-        check_case({11, N, K, 4, g, Dtype::float16, Dtype::float16, true, "qmv_mma_m16"}, rng);
+        check_case({11, N, K, 4, g, Dtype::float16, Dtype::float16, true, "qmv_staged_m16"}, rng);
+        check_case({5, N, K, 8, g, Dtype::bfloat16, Dtype::bfloat16, true, "qmv_staged_m8"}, rng);
       }
     }
   }
@@ -313,10 +314,9 @@ TEST(CudaMatmul, ForcedKernelThatCannotRunWritesNothing) {
   EXPECT_TRUE(bitwise_equal(before16, out16.to(Device::cpu())));
 }
 
-/// Scales and biases that are only 2-byte aligned (views into a larger buffer): dispatch steps
-/// down from qmv_staged (4-byte cp.async) to qmv_mma, forcing qmv_staged is an error that
-/// writes nothing.
-TEST(CudaMatmul, MisalignedScalesStepDown) {
+/// Scales and biases that are only 2-byte aligned (views into a larger buffer): qmv_mma reads
+/// them; forcing qmv_staged (4-byte cp.async) is an error that writes nothing.
+TEST(CudaMatmul, MisalignedScales) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(41);
   const Dtype dt = Dtype::float16;

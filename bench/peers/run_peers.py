@@ -25,7 +25,9 @@ import json
 import os
 import math
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -245,6 +247,22 @@ def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
     return info, results
 
 
+def strip_args(argv, names):
+    """argv without the options in names (each with its value, as "--x v" or "--x=v")."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        out.append(a)
+    return out
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 def write_json(path, doc):
@@ -266,6 +284,9 @@ def main():
     ap.add_argument("--budget-ms", type=float, default=200)
     ap.add_argument("--min-samples", type=int, default=10)
     ap.add_argument("--json", required=True, help="output file (schema qmm-peers/1)")
+    ap.add_argument("--peer-timeout", type=float, default=0,
+                    help="seconds: run each peer in its own process and give up on it after this long "
+                         "(reported as not run, with the reason); 0 runs them all in this process")
     args = ap.parse_args()
 
     shapes = []
@@ -301,7 +322,30 @@ def main():
             doc["peers"].append({"name": p, "available": False, "reason": f"{type(e).__name__}: {e}", "results": []})
         torch = timer = None
 
-    if timer is not None:
+    if timer is not None and args.peer_timeout > 0:
+        # One child process per peer: a peer that hangs (e.g. a first call that never returns)
+        # is killed without losing the others.
+        for p in wanted:
+            print(f"[run_peers] {p} (own process, {args.peer_timeout:.0f} s limit) ...", file=sys.stderr, flush=True)
+            child_json = os.path.join(tempfile.mkdtemp(prefix="qmm-peer-"), "peer.json")
+            argv = [a for a in sys.argv[1:]]
+            cmd = [sys.executable, os.path.abspath(__file__)] + strip_args(argv, {"--peers", "--json", "--peer-timeout"}) + [
+                "--peers", p, "--json", child_json, "--peer-timeout", "0"]
+            entry = {"name": p, "available": False, "reason": "", "results": []}
+            try:
+                run = subprocess.run(cmd, timeout=args.peer_timeout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+                sys.stderr.write(run.stderr[-4000:])
+                if os.path.exists(child_json):
+                    with open(child_json) as f:
+                        entry = json.load(f)["peers"][0]
+                else:
+                    entry["reason"] = f"its process exited with {run.returncode} and wrote nothing: " + run.stderr[-300:]
+            except subprocess.TimeoutExpired:
+                entry["reason"] = f"did not finish within {args.peer_timeout:.0f} s (its process was killed)"
+            doc["peers"].append(entry)
+            write_json(args.json, doc)
+    elif timer is not None:
         for p in wanted:
             print(f"[run_peers] {p} ...", file=sys.stderr, flush=True)
             entry = {"name": p, "available": False, "reason": "", "results": []}

@@ -64,14 +64,9 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
     c.family = Family::qmv_warp_rows;
     return c;
   }
+  c.family = Family::qmv_mma;
   c.token_tiles = token_tiles_for(p.M);
-  if (staged_supported(p)) {
-    c.family = Family::qmv_staged;
-    c.blocks = stream_k_blocks(p, d, staged_blocks_per_sm(p.bits, c.token_tiles));
-  } else {
-    c.family = Family::qmv_mma;
-    c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));
-  }
+  c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));
   return c;
 }
 

@@ -26,7 +26,7 @@ struct DeviceShape {
 };
 
 enum class Family {
-  qmv_staged,     // tensor cores, cp.async stages, scale applied after the MMA (4/8-bit, fp16/bf16)
+  qmv_staged,     // tensor cores, cp.async stages, scale after the MMA (4/8-bit; forced only, see choose())
   qmv_mma,        // tensor cores, weight-stationary, stream-K split (transpose=true, fp16/bf16)
   qmv_warp_rows,  // CUDA cores, one warp per weight row (transpose=true, any dtype mix)
   qvm_columns,    // CUDA cores, threads along N (transpose=false)
@@ -72,7 +72,9 @@ bool mma_supported(const ProblemShape& p);
 /// Whether qmv_staged can: qmv_mma's conditions and 4- or 8-bit weights.
 bool staged_supported(const ProblemShape& p);
 
-/// The configuration dispatch chooses. Pure: same inputs, same answer. The stream-K block count
+/// The configuration dispatch chooses. Pure: same inputs, same answer. Tensor-core problems take
+/// qmv_mma: qmv_staged measured slower on H100 at every M (bench/NOTES.md, v6) and is reached
+/// only by name. The stream-K block count
 /// depends on N, K and the device only, never on M, so every M in 1..64 reduces in the same
 /// order (batch invariance).
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d);

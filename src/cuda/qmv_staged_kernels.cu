@@ -178,22 +178,38 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
     cp_async_16(w_smem + i * 2048, valid ? w + i * c.w_row_stride : p.w_q, valid ? 16 : 0);
   }
 
-  // Scales and biases: the aligned words covering the row's groups of this segment; bytes past
-  // the end of the array are zero.
+  // Scales and biases: the aligned words covering the row's groups of this segment.
   const int groups = kMmaSegment >> p.group_shift;
-  const int words = groups == 1 ? 1 : groups / 2 + 1;
-  const std::int64_t elements = static_cast<std::int64_t>(p.N) * p.groups_per_row;
   const std::int64_t word0 = (c.scale_e0 + static_cast<std::int64_t>(seg) * groups) >> 1;
+  const char* s = static_cast<const char*>(p.scales);
+  const char* b = static_cast<const char*>(p.biases);
+  const std::uint32_t dst = stage + tid * L::kScaleSlotBytes;
+  if ((p.groups_per_row & 1) == 0) {
+    // Every row starts at an even element and the arrays have even lengths: whole words, never
+    // past the end. A one-group segment (group 128) sits in either half of its word.
+    const int words = groups == 1 ? 1 : groups / 2;
+    const char* sw = s + word0 * 4;
+    const char* bw = b + word0 * 4;
 #pragma unroll
-  for (int i = 0; i < 3; ++i) {
-    if (i < words) {
-      const std::int64_t left = (elements - 2 * (word0 + i)) * 2;
-      const int bytes = left >= 4 ? 4 : left > 0 ? static_cast<int>(left) : 0;
-      const std::uint32_t dst = stage + tid * L::kScaleSlotBytes + i * 4;
-      const char* s = static_cast<const char*>(p.scales);
-      const char* b = static_cast<const char*>(p.biases);
-      cp_async_4(dst + L::kScalesOffset, bytes > 0 ? s + (word0 + i) * 4 : s, bytes);
-      cp_async_4(dst + L::kBiasesOffset, bytes > 0 ? b + (word0 + i) * 4 : b, bytes);
+    for (int i = 0; i < 2; ++i) {
+      if (i < words) {
+        cp_async_4(dst + L::kScalesOffset + i * 4, sw + i * 4, 4);
+        cp_async_4(dst + L::kBiasesOffset + i * 4, bw + i * 4, 4);
+      }
+    }
+  } else {
+    // Odd rows start mid-word: one more word, and the last word of the arrays may be half past
+    // their end (those bytes are zero-filled).
+    const int words = groups == 1 ? 1 : groups / 2 + 1;
+    const std::int64_t elements = static_cast<std::int64_t>(p.N) * p.groups_per_row;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+      if (i < words) {
+        const std::int64_t left = (elements - 2 * (word0 + i)) * 2;
+        const int bytes = left >= 4 ? 4 : left > 0 ? static_cast<int>(left) : 0;
+        cp_async_4(dst + L::kScalesOffset + i * 4, bytes > 0 ? s + (word0 + i) * 4 : s, bytes);
+        cp_async_4(dst + L::kBiasesOffset + i * 4, bytes > 0 ? b + (word0 + i) * 4 : b, bytes);
+      }
     }
   }
 
