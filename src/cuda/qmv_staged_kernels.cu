@@ -97,6 +97,9 @@ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, 
 __device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
+__device__ __forceinline__ void st_shared_u32(std::uint32_t dst, std::uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -199,16 +202,25 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
     }
   } else {
     // Odd rows start mid-word: one more word, and the last word of the arrays may be half past
-    // their end (those bytes are zero-filled).
+    // their end.
     const int words = groups == 1 ? 1 : groups / 2 + 1;
     const std::int64_t elements = static_cast<std::int64_t>(p.N) * p.groups_per_row;
 #pragma unroll
     for (int i = 0; i < 3; ++i) {
       if (i < words) {
         const std::int64_t left = (elements - 2 * (word0 + i)) * 2;
-        const int bytes = left >= 4 ? 4 : left > 0 ? static_cast<int>(left) : 0;
-        cp_async_4(dst + L::kScalesOffset + i * 4, bytes > 0 ? s + (word0 + i) * 4 : s, bytes);
-        cp_async_4(dst + L::kBiasesOffset + i * 4, bytes > 0 ? b + (word0 + i) * 4 : b, bytes);
+        if (left >= 4) {
+          cp_async_4(dst + L::kScalesOffset + i * 4, s + (word0 + i) * 4, 4);
+          cp_async_4(dst + L::kBiasesOffset + i * 4, b + (word0 + i) * 4, 4);
+        } else {
+          // The arrays' last word, half past their end (or a word wholly past it): read the
+          // 2 bytes that exist by hand, so no access (cp.async included) touches the rest.
+          const bool half = left > 0;
+          const auto* sh = reinterpret_cast<const unsigned short*>(s + (word0 + i) * 4);
+          const auto* bh = reinterpret_cast<const unsigned short*>(b + (word0 + i) * 4);
+          st_shared_u32(dst + L::kScalesOffset + i * 4, half ? *sh : 0u);
+          st_shared_u32(dst + L::kBiasesOffset + i * 4, half ? *bh : 0u);
+        }
       }
     }
   }
