@@ -168,8 +168,15 @@ def peer_cublas(torch, timer, shapes, ms, bits, group):
 def peer_gemlite(torch, timer, shapes, ms, bits, group):
     import gemlite
     from gemlite import DType, GemLiteLinear
+    # gemlite's default autotuning searches Triton configs per shape and M bucket and ran past
+    # the whole H100 time limit; its "fast" setting searches a short list.
+    autotune = "default"
+    if hasattr(gemlite, "set_autotune"):
+        gemlite.set_autotune("fast")
+        autotune = "fast"
     info = {"format": f"{bits}-bit g{group} asymmetric (HQQ-style, fp16 scales and zeros), fp16 activations",
-            "version": "gemlite " + getattr(gemlite, "__version__", "?"), "method": "cuda-graph"}
+            "version": "gemlite " + getattr(gemlite, "__version__", "?") + f" (autotune {autotune})",
+            "method": "cuda-graph"}
     results = []
     for k, n in shapes:
         def make(seed):
@@ -245,6 +252,15 @@ def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
             results.append({"k": k, "n": n, "m": m, "us": stat(samples)})
         del ws
     return info, results
+
+
+def tail(path, n):
+    """The last n characters of a text file ('' if it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:].strip()
+    except OSError:
+        return ""
 
 
 def strip_args(argv, names):
@@ -332,17 +348,19 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__)] + strip_args(argv, {"--peers", "--json", "--peer-timeout"}) + [
                 "--peers", p, "--json", child_json, "--peer-timeout", "0"]
             entry = {"name": p, "available": False, "reason": "", "results": []}
+            err_path = child_json + ".stderr"
             try:
-                run = subprocess.run(cmd, timeout=args.peer_timeout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-                sys.stderr.write(run.stderr[-4000:])
+                with open(err_path, "w") as err:
+                    run = subprocess.run(cmd, timeout=args.peer_timeout, stdout=subprocess.DEVNULL, stderr=err)
                 if os.path.exists(child_json):
                     with open(child_json) as f:
                         entry = json.load(f)["peers"][0]
                 else:
-                    entry["reason"] = f"its process exited with {run.returncode} and wrote nothing: " + run.stderr[-300:]
+                    entry["reason"] = f"its process exited with {run.returncode} and wrote nothing: " + tail(err_path, 300)
             except subprocess.TimeoutExpired:
-                entry["reason"] = f"did not finish within {args.peer_timeout:.0f} s (its process was killed)"
+                entry["reason"] = (f"did not finish within {args.peer_timeout:.0f} s (its process was killed); "
+                                   f"last output: {tail(err_path, 200) or '(none)'}")
+            sys.stderr.write(tail(err_path, 4000) + "\n")
             doc["peers"].append(entry)
             write_json(args.json, doc)
     elif timer is not None:
