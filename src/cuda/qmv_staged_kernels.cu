@@ -188,9 +188,10 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
   const char* b = static_cast<const char*>(p.biases);
   const std::uint32_t dst = stage + tid * L::kScaleSlotBytes;
   if ((p.groups_per_row & 1) == 0) {
-    // Every row starts at an even element and the arrays have even lengths: whole words, never
-    // past the end. A one-group segment (group 128) sits in either half of its word.
-    const int words = groups == 1 ? 1 : groups / 2;
+    // Every row starts at an even element and the arrays have even lengths: whole words, and
+    // only those of the row's groups that exist (the K tail's segment has fewer), so never past
+    // the end. A one-group segment (group 128) sits in either half of its word.
+    const int words = groups == 1 ? 1 : min(groups, p.groups_per_row - seg * groups) / 2;
     const char* sw = s + word0 * 4;
     const char* bw = b + word0 * 4;
 #pragma unroll
