@@ -188,6 +188,7 @@ def peer_gemlite(torch, timer, shapes, ms, bits, group):
             zeros = (torch.rand(n, k // group, device="cuda", generator=g) * 2**bits).half()
             layer.pack(w_q, scales, zeros, None)
             return layer
+        log(f"[gemlite] {k}:{n}: packing")
         first = make(0)
         per_copy = (first.W_q.numel() * first.W_q.element_size() + first.scales.numel() * first.scales.element_size()
                     + first.zeros.numel() * first.zeros.element_size())
@@ -195,6 +196,7 @@ def peer_gemlite(torch, timer, shapes, ms, bits, group):
         layers = [first] + [make(i) for i in range(1, copies)]
         x_all = torch.randn(max(ms), k, device="cuda", dtype=torch.float16)
         for m in ms:
+            log(f"[gemlite] {k}:{n}: M={m}")
             x = x_all[:m].contiguous()
             us = timer.time_graph(timer.calls(copies), lambda i: layers[i % copies](x))
             results.append({"k": k, "n": n, "m": m, "us": us})
@@ -205,6 +207,7 @@ def peer_gemlite(torch, timer, shapes, ms, bits, group):
 
 def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
     import mlx.core as mx
+    import numpy as np
     try:
         on_gpu = mx.cuda.is_available()
     except AttributeError:
@@ -219,17 +222,23 @@ def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
     for k, n in shapes:
         per_copy = n * k * bits // 8 + 2 * n * (k // group) * 2
         copies = timer.copies(per_copy)
-        ws = []
-        for i in range(copies):
-            w = (mx.random.normal((n, k), key=mx.random.key(i)) * 0.02).astype(mx.float16)
-            wq, s, b = mx.quantize(w, group_size=group, bits=bits)
-            mx.eval(wq, s, b)
-            ws.append((wq, s, b))
-            del w
+        # Progress on stderr: when a run is stopped by --peer-timeout, its last line says where.
+        log(f"[mlx_cuda] {k}:{n}: quantizing one weight")
+        w = (mx.random.normal((n, k), key=mx.random.key(0)) * 0.02).astype(mx.float16)
+        wq, s, b = mx.quantize(w, group_size=group, bits=bits)
+        mx.eval(wq, s, b)
+        del w
+        # The rotation's other copies through host memory: distinct device buffers without
+        # launching (and JIT-compiling) one more kernel per copy.
+        log(f"[mlx_cuda] {k}:{n}: {copies} copies")
+        host = [np.array(a) for a in (wq, s, b)]
+        ws = [(wq, s, b)] + [tuple(mx.array(h.copy()) for h in host) for _ in range(1, copies)]
+        mx.eval(*[a for t in ws for a in t])
         x_all = (mx.random.normal((max(ms), k), key=mx.random.key(1234))).astype(mx.float16)
         mx.eval(x_all)
         calls = timer.calls(copies)
         for m in ms:
+            log(f"[mlx_cuda] {k}:{n}: M={m}")
             x = x_all[:m]
             mx.eval(x)
 
@@ -252,6 +261,10 @@ def peer_mlx(torch, timer, shapes, ms, bits, group, budget_ms, min_samples):
             results.append({"k": k, "n": n, "m": m, "us": stat(samples)})
         del ws
     return info, results
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
 
 
 def tail(path, n):
