@@ -143,12 +143,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
     }
 
     float acc[2][TokenTiles][4];
-#pragma unroll
-    for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-      for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
+    qmm::cuda::stream_k::zero(acc);
 
     // Register double buffer: the next segment's weight loads are in flight while this one
     // computes.

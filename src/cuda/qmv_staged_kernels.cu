@@ -276,10 +276,7 @@ __device__ __forceinline__ void fold_group(float (&out)[2][TokenTiles][4], float
       }
     }
   }
-#pragma unroll
-  for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) xs[t][e] = 0.0f;
+  sk::zero(xs);
 }
 
 /// All MMAs and folds of one item (its stage has landed and is visible to the block).
@@ -309,16 +306,8 @@ __device__ __forceinline__ void compute_item(float (&out)[2][TokenTiles][4], con
 
   float acc[2][TokenTiles][4];
   float xs[TokenTiles][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.0f;
-#pragma unroll
-  for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) xs[t][e] = 0.0f;
+  sk::zero(acc);
+  sk::zero(xs);
   const std::uint32_t ones[4] = {Op::kOnes, Op::kOnes, Op::kOnes, Op::kOnes};
   const std::uint32_t magic = mma::Types<T>::kMagic;  // in a register: one LOP3 per pair
 
@@ -483,12 +472,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
   }
 
   float out[2][TokenTiles][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) out[mt][t][e] = 0.0f;
+  sk::zero(out);
 
   int rb = first_rb, seg = first_seg;
   unsigned parity = row_parity_bits(p, rb);
@@ -503,12 +487,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
                                       parity);
     if (i + 1 == count || seg + 1 == p.segments) {
       sk::finish_row_block<T, TokenTiles>(out, p, rb, run_first, start + i, start, &s_is_last);
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) out[mt][t][e] = 0.0f;
+      sk::zero(out);
       run_first = start + i + 1;
     }
     if (++seg == p.segments) {

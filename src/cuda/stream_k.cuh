@@ -47,6 +47,24 @@ struct Params {
   float* partials;  // [blocks][2][fragment floats]
 };
 
+/// Sets an accumulator fragment (or any small fixed-size float array) to zero.
+template <int A, int B, int C>
+__device__ __forceinline__ void zero(float (&f)[A][B][C]) {
+#pragma unroll
+  for (int i = 0; i < A; ++i)
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+#pragma unroll
+      for (int k = 0; k < C; ++k) f[i][j][k] = 0.0f;
+}
+template <int A, int B>
+__device__ __forceinline__ void zero(float (&f)[A][B]) {
+#pragma unroll
+  for (int i = 0; i < A; ++i)
+#pragma unroll
+    for (int j = 0; j < B; ++j) f[i][j] = 0.0f;
+}
+
 /// Item range [start, end) of block b.
 __device__ __forceinline__ std::int64_t item_start(std::int64_t items, int blocks, int b) {
   return items * b / blocks;
@@ -113,12 +131,7 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
   __syncthreads();
   if (*s_is_last) {
     __threadfence();
-#pragma unroll
-    for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-      for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[tile][t][e] = 0.0f;
+    zero(acc);
     // Loads of kBatch partials are issued together (one L2 round trip per batch); the sum
     // still runs in block order, so the result does not depend on the batching.
     constexpr int kBatch = TokenTiles <= 1 ? 4 : 4 / TokenTiles > 0 ? 4 / TokenTiles : 1;
