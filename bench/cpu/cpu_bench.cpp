@@ -317,35 +317,6 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  for (std::string line; std::getline(f, line);) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
-
-/// The largest cache of cpu0 from sysfs ("32768K"); sysconf's value as a fallback (under some
-/// hypervisors sysconf reports the host's total, e.g. 320 MiB for a 32 MiB L3).
-std::int64_t last_level_cache_bytes() {
-  std::int64_t best = 0;
-  for (int index = 0; index < 8; ++index) {
-    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
-    std::string text;
-    if (!(f >> text) || text.empty()) continue;
-    std::int64_t v = std::atoll(text.c_str());
-    if (text.back() == 'K') v <<= 10;
-    if (text.back() == 'M') v <<= 20;
-    best = std::max(best, v);
-  }
-  if (best > 0) return best;
-  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  if (l3 > 0) return l3;
-  if (l2 > 0) return l2;
-  return 32ll << 20;
-}
-
 struct Copy {
   qmm::Tensor w_q, scales, biases;
 };
@@ -365,7 +336,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--clock cpu needs QMM_NUM_THREADS=1 (it times the calling thread only)\n");
     return 2;
   }
-  const std::int64_t llc = last_level_cache_bytes();
+  // The library's own CPU description (sysfs cache sizes, /proc/cpuinfo model), as qmm bench uses.
+  const qmm::DeviceInfo cpu = qmm::device_info(qmm::Device::cpu());
+  const std::int64_t llc = cpu.l2_bytes > 0 ? cpu.l2_bytes : 32ll << 20;
   ReadTeam team(threads);
   std::mt19937 rng(1234);
   std::vector<Row> rows;
@@ -374,7 +347,7 @@ int main(int argc, char** argv) {
     const std::time_t now = std::time(nullptr);
     char date[64];
     std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::printf("# qmm_cpu_bench: %s, %d threads, last-level cache %.0f MiB, %s\n", cpu_model().c_str(), threads,
+    std::printf("# qmm_cpu_bench: %s, %d threads, last-level cache %.0f MiB, %s\n", cpu.name.c_str(), threads,
                 llc / 1048576.0, date);
     std::printf("# %d-bit g%d, transpose=%s, kernel=%s, median of %d calls, weights rotated over >= %.0fx LLC, %s clock\n\n",
                 opt.bits, opt.group, opt.transpose ? "true" : "false", opt.kernel.empty() ? "(default)" : opt.kernel.c_str(),

@@ -7,6 +7,7 @@
 
 #include "qmm/version.h"
 #include "tools/qmm/bench_targets.h"
+#include "tools/qmm/text_format.h"
 
 namespace qmm::bench {
 
@@ -14,24 +15,18 @@ using nlohmann::json;
 
 namespace {
 
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
-
 std::string human_bytes(double bytes) {
-  if (bytes >= 1e9) return fmt("%.2f GB", bytes / 1e9);
-  if (bytes >= 1e6) return fmt("%.2f MB", bytes / 1e6);
-  if (bytes >= 1e3) return fmt("%.1f KB", bytes / 1e3);
-  return fmt("%.0f B", bytes);
+  if (bytes >= 1e9) return printf_string("%.2f GB", bytes / 1e9);
+  if (bytes >= 1e6) return printf_string("%.2f MB", bytes / 1e6);
+  if (bytes >= 1e3) return printf_string("%.1f KB", bytes / 1e3);
+  return printf_string("%.0f B", bytes);
 }
 
 std::string short_bytes(double bytes) {
   if (bytes <= 0) return "0";
-  if (bytes >= 1 << 20) return fmt("%.0fM", bytes / (1 << 20));
-  if (bytes >= 1 << 10) return fmt("%.0fK", bytes / (1 << 10));
-  return fmt("%.0f", bytes);
+  if (bytes >= 1 << 20) return printf_string("%.0fM", bytes / (1 << 20));
+  if (bytes >= 1 << 10) return printf_string("%.0fK", bytes / (1 << 10));
+  return printf_string("%.0f", bytes);
 }
 
 json stat_json(const Stat& s) { return {{"median", s.median}, {"min", s.min}, {"max", s.max}, {"samples", s.samples}}; }
@@ -268,7 +263,7 @@ std::string to_csv(const Report& report) {
     for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
     return q + "\"";
   };
-  auto num = [](double v) { return fmt("%.4g", v); };
+  auto num = [](double v) { return printf_string("%.4g", v); };
   for (const auto& s : report.shapes) {
     for (const auto& r : s.rows) {
       bool step = false;
@@ -313,7 +308,7 @@ void print_table(const Report& report, std::FILE* out) {
     const double llc = static_cast<double>(report.device.l2_bytes);
     std::string cache_note = "last-level cache size unknown";
     if (llc > 0) {
-      cache_note = fmt("%.1fx the ", s.rotation_bytes / llc) + (report.device_type == "cuda" ? "L2" : "LLC") +
+      cache_note = printf_string("%.1fx the ", s.rotation_bytes / llc) + (report.device_type == "cuda" ? "L2" : "LLC") +
                    (s.cold ? "" : ": below 4x, may be partly cached");
     }
     std::fprintf(out, "\n== K=%lld -> N=%lld%s%s: weights %s per call, rotation %d copies = %s (%s)\n",
@@ -329,13 +324,13 @@ void print_table(const Report& report, std::FILE* out) {
     for (const auto& r : s.rows) {
       bool step = false;
       for (const auto& st : s.steps) step = step || st.m == r.m;
-      const std::string range = fmt("(%.2f", r.us.min) + fmt("-%.2f)", r.us.max);
+      const std::string range = printf_string("(%.2f", r.us.min) + printf_string("-%.2f)", r.us.max);
       const char* gbs_fmt = r.gbs < 10 ? "%.2f" : (r.gbs < 100 ? "%.1f" : "%.0f");
       std::fprintf(out, "%5d %9.2f %19s %6s %5.0f%% %5.2f %5s %9s %6s", r.m, r.us.median, range.c_str(),
-                   fmt(gbs_fmt, r.gbs).c_str(),
-                   r.pct_probe, r.ratio_m1, r.ratio_prev ? fmt("%.2f", *r.ratio_prev).c_str() : "-",
-                   r.dense_us ? fmt("%.2f", r.dense_us->median).c_str() : "-",
-                   r.ratio_dense ? fmt("%.2f", *r.ratio_dense).c_str() : "-");
+                   printf_string(gbs_fmt, r.gbs).c_str(),
+                   r.pct_probe, r.ratio_m1, r.ratio_prev ? printf_string("%.2f", *r.ratio_prev).c_str() : "-",
+                   r.dense_us ? printf_string("%.2f", r.dense_us->median).c_str() : "-",
+                   r.ratio_dense ? printf_string("%.2f", *r.ratio_dense).c_str() : "-");
       if (have_peers) {
         double best = 0;
         std::string name;
@@ -345,7 +340,7 @@ void print_table(const Report& report, std::FILE* out) {
             name = pp.peer;
           }
         }
-        std::fprintf(out, " %9s %-10s", best > 0 ? fmt("%.2f", best).c_str() : "-", name.c_str());
+        std::fprintf(out, " %9s %-10s", best > 0 ? printf_string("%.2f", best).c_str() : "-", name.c_str());
       }
       const LaunchInfo& l = r.launch;
       const double bytes_ratio = l.min_weight_bytes > 0 ? static_cast<double>(l.weight_bytes) / l.min_weight_bytes : 0;

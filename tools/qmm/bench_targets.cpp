@@ -3,15 +3,11 @@
 #include <cstdio>
 #include <map>
 
+#include "tools/qmm/text_format.h"
+
 namespace qmm::bench {
 
 namespace {
-
-std::string fmt(const char* f, double a, double b = 0, double c = 0) {
-  char buf[200];
-  std::snprintf(buf, sizeof buf, f, a, b, c);
-  return buf;
-}
 
 /// Tracks the worst ratio against a limit over several rows.
 struct Worst {
@@ -31,7 +27,7 @@ struct Worst {
     }
   }
   std::string detail(const char* what) const {
-    return std::string("worst ") + what + " " + fmt("%.3fx at M=%.0f (limit %.2fx)", ratio, m, limit);
+    return std::string("worst ") + what + " " + printf_string("%.3fx at M=%.0f (limit %.2fx)", ratio, m, limit);
   }
 };
 
@@ -79,11 +75,11 @@ std::vector<TargetCheck> check_targets(const Report& report) {
     if (r1 != nullptr && r1->us.median > 0) {
       if (const Row* r16 = find_row(s, 16)) {
         const double q = r16->us.median / r1->us.median;
-        out.push_back({"flat_16", key, q <= 1.20, fmt("t(16)/t(1) = %.2fx (limit 1.20x)", q)});
+        out.push_back({"flat_16", key, q <= 1.20, printf_string("t(16)/t(1) = %.2fx (limit 1.20x)", q)});
       }
       if (const Row* r32 = find_row(s, 32)) {
         const double q = r32->us.median / r1->us.median;
-        out.push_back({"flat_32", key, q <= 1.6, fmt("t(32)/t(1) = %.2fx (limit 1.60x)", q)});
+        out.push_back({"flat_32", key, q <= 1.6, printf_string("t(32)/t(1) = %.2fx (limit 1.60x)", q)});
       }
     }
 

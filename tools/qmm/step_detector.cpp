@@ -4,15 +4,11 @@
 #include <cmath>
 #include <cstdio>
 
+#include "tools/qmm/text_format.h"
+
 namespace qmm::bench {
 
 namespace {
-
-std::string format(const char* fmt, double a, double b = 0, double c = 0) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, fmt, a, b, c);
-  return buf;
-}
 
 double mb(std::int64_t bytes) { return static_cast<double>(bytes) / 1e6; }
 
@@ -30,7 +26,7 @@ std::vector<std::string> Step::causes() const {
 }
 
 std::string Step::summary() const {
-  std::string s = "M=" + std::to_string(m) + ": " + format("%.2fx", ratio) + " vs M=" + std::to_string(prev_m);
+  std::string s = "M=" + std::to_string(m) + ": " + printf_string("%.2fx", ratio) + " vs M=" + std::to_string(prev_m);
   for (std::size_t i = 0; i < evidence.size(); ++i) s += (i == 0 ? " - " : "; ") + evidence[i];
   return s;
 }
@@ -59,7 +55,7 @@ std::vector<Step> detect_steps(std::vector<StepRow> rows, double threshold) {
     const double cur_waves = std::ceil(cur.waves - 1e-9);
     if (cur.waves > 0 && cur_waves > prev_waves) {
       st.extra_wave = true;
-      st.evidence.push_back(format("waves %.2f -> %.2f (an extra wave of blocks)", prev.waves, cur.waves));
+      st.evidence.push_back(printf_string("waves %.2f -> %.2f (an extra wave of blocks)", prev.waves, cur.waves));
     }
     if (!st.kernel_changed && cur.blocks != prev.blocks) {
       st.grid_changed = true;
@@ -69,18 +65,18 @@ std::vector<Step> detect_steps(std::vector<StepRow> rows, double threshold) {
     if (cur.weight_bytes > prev.weight_bytes) {
       st.bytes_reread = true;
       const double floor = static_cast<double>(cur.min_weight_bytes > 0 ? cur.min_weight_bytes : prev.weight_bytes);
-      st.evidence.push_back(format("weight bytes read %.1f MB -> %.1f MB (%.2fx the minimum: weights read more than once)",
+      st.evidence.push_back(printf_string("weight bytes read %.1f MB -> %.1f MB (%.2fx the minimum: weights read more than once)",
                                    mb(prev.weight_bytes), mb(cur.weight_bytes), cur.weight_bytes / floor));
     }
     if (!st.kernel_changed && !st.extra_wave && !st.grid_changed && !st.bytes_reread) {
       st.compute_bound = true;
-      st.evidence.push_back(format("same kernel, grid and bytes (%.1f MB) while time grows %.0f%%: compute/issue-bound",
+      st.evidence.push_back(printf_string("same kernel, grid and bytes (%.1f MB) while time grows %.0f%%: compute/issue-bound",
                                    mb(cur.weight_bytes), (ratio - 1) * 100));
     }
     // The fastest sample at M no slower than the typical one at M-1: the step may be noise.
     if (cur.time_min_us > 0 && cur.time_min_us <= prev.time_us) {
       st.within_noise = true;
-      st.evidence.push_back(format("fastest sample at M=%.0f (%.2f us) <= median at M-1 (%.2f us): may be noise",
+      st.evidence.push_back(printf_string("fastest sample at M=%.0f (%.2f us) <= median at M-1 (%.2f us): may be noise",
                                    cur.m, cur.time_min_us, prev.time_us));
     }
     steps.push_back(std::move(st));
