@@ -141,6 +141,24 @@ HostBuffer host_alloc(std::size_t bytes) {
   return HostBuffer(p);
 }
 
+/// A shape's result with its weight rotation set up: copies to cycle through so that `target`
+/// bytes are streamed, and whether that is cold against a cache of `cache_bytes` (>= 4x).
+ShapeResult rotation_for(const BenchPlan& plan, const ShapeSpec& shape, double target, double cache_bytes) {
+  ShapeResult sr;
+  sr.shape = shape;
+  const WeightLayout l = layout_for(plan, shape);
+  sr.weight_bytes = l.bytes();
+  sr.copies = copies_for(l.bytes(), target, 2);
+  sr.rotation_bytes = static_cast<std::int64_t>(sr.copies) * l.bytes();
+  sr.cold = cache_bytes > 0 && static_cast<double>(sr.rotation_bytes) >= 4 * cache_bytes;
+  return sr;
+}
+
+/// Progress steps of a plan: per shape the probe, and per M the kernel and the dense row.
+int progress_steps(const BenchPlan& plan) {
+  return static_cast<int>(plan.shapes.size() * (1 + plan.ms.size() * (plan.dense ? 2 : 1)));
+}
+
 // ---- CPU ------------------------------------------------------------------------------------
 
 void run_cpu(const BenchPlan& plan, Report& report, bool quiet) {
@@ -150,17 +168,12 @@ void run_cpu(const BenchPlan& plan, Report& report, bool quiet) {
   // most 1 GB (some virtual machines report the whole host's L3).
   const double target = plan.rotation_mb > 0 ? plan.rotation_mb * 1e6 : std::min(std::max(4 * llc, 256e6), 1e9);
   const int warmup = 2;
-  Progress progress(quiet, static_cast<int>(plan.shapes.size() * (1 + plan.ms.size() * (plan.dense ? 2 : 1))));
+  Progress progress(quiet, progress_steps(plan));
   const int max_m = plan.ms.back();
 
   for (const auto& shape : plan.shapes) {
-    ShapeResult sr;
-    sr.shape = shape;
+    ShapeResult sr = rotation_for(plan, shape, target, llc);
     const WeightLayout l = layout_for(plan, shape);
-    sr.weight_bytes = l.bytes();
-    sr.copies = copies_for(l.bytes(), target, 2);
-    sr.rotation_bytes = static_cast<std::int64_t>(sr.copies) * l.bytes();
-    sr.cold = llc > 0 && static_cast<double>(sr.rotation_bytes) >= 4 * llc;
     sr.calls_per_sample = 1;
 
     // Weights: one random copy, replicated (identical bytes are as costly to read as any).
@@ -262,18 +275,13 @@ void run_cuda(const BenchPlan& plan, Report& report, bool quiet) {
   double l2 = static_cast<double>(report.device.l2_bytes);
   if (l2 <= 0) l2 = 64e6;  // unknown: assume a large L2
   const double target = plan.rotation_mb > 0 ? plan.rotation_mb * 1e6 : 4 * l2;
-  Progress progress(quiet, static_cast<int>(plan.shapes.size() * (1 + plan.ms.size() * (plan.dense ? 2 : 1))));
+  Progress progress(quiet, progress_steps(plan));
   const int max_m = plan.ms.back();
   const Device dev = plan.device;
 
   for (const auto& shape : plan.shapes) {
-    ShapeResult sr;
-    sr.shape = shape;
+    ShapeResult sr = rotation_for(plan, shape, target, l2);
     const WeightLayout l = layout_for(plan, shape);
-    sr.weight_bytes = l.bytes();
-    sr.copies = copies_for(l.bytes(), target, 2);
-    sr.rotation_bytes = static_cast<std::int64_t>(sr.copies) * l.bytes();
-    sr.cold = static_cast<double>(sr.rotation_bytes) >= 4 * l2;
     const int calls = sr.copies * ((kMinCallsPerReplay + sr.copies - 1) / sr.copies);
     sr.calls_per_sample = calls;
 
