@@ -357,8 +357,7 @@ def main():
         for p in wanted:
             print(f"[run_peers] {p} (own process, {args.peer_timeout:.0f} s limit) ...", file=sys.stderr, flush=True)
             child_json = os.path.join(tempfile.mkdtemp(prefix="qmm-peer-"), "peer.json")
-            argv = [a for a in sys.argv[1:]]
-            cmd = [sys.executable, os.path.abspath(__file__)] + strip_args(argv, {"--peers", "--json", "--peer-timeout"}) + [
+            cmd = [sys.executable, os.path.abspath(__file__)] + strip_args(sys.argv[1:], {"--peers", "--json", "--peer-timeout"}) + [
                 "--peers", p, "--json", child_json, "--peer-timeout", "0"]
             entry = {"name": p, "available": False, "reason": "", "results": []}
             err_path = child_json + ".stderr"
