@@ -90,19 +90,58 @@ TEST(CudaDispatch, ForcedNamesParse) {
   vm.transpose = false;
   for (const auto& name : kernel_names()) {
     const ProblemShape& q = name == "qvm_columns" ? vm : p;
-    EXPECT_EQ(forced(name, q, kH100).name(), name);
+    // Family names (qmv_tma, qmv_mma) resolve to a token-tile configuration of that family.
+    EXPECT_EQ(forced(name, q, kH100).name().rfind(name, 0), 0u) << name;
   }
+}
+
+/// qmv_tma: 256-value items, kTmaBlocksPerSm blocks per SM for both token tiles, token tiles by
+/// M for the family name; stages sized to the shared-memory budget.
+TEST(CudaDispatch, TmaConfigurations) {
+  const ProblemShape p = shape(3, 1024, 5120);
+  KernelConfig c = forced("qmv_tma", p, kH100);
+  EXPECT_EQ(c.family, Family::qmv_tma);
+  EXPECT_EQ(c.token_tiles, 1);
+  EXPECT_EQ(c.blocks, std::min(8 * 20, 132 * kTmaBlocksPerSm));
+  EXPECT_EQ(c.name(), "qmv_tma_m8");
+  for (std::int64_t M = 9; M <= 40; ++M) {
+    c = forced("qmv_tma", shape(M, 13824, 5120), kH100);
+    EXPECT_EQ(c.token_tiles, 2) << M;
+    EXPECT_EQ(c.blocks, 132 * kTmaBlocksPerSm) << M;
+  }
+  c = forced("qmv_tma_m16_b9", p, kH100);
+  EXPECT_EQ(c.token_tiles, 2);
+  EXPECT_EQ(c.blocks, 9);
+  EXPECT_EQ(forced("qmv_mma", shape(20, 1024, 5120), kH100).name(), "qmv_mma_m32");
+  // 4-bit g64: 16 KB of weights + 2 KB of scales and biases per stage, 4 stages in 74 KB.
+  EXPECT_EQ(tma_stage_bytes(4, 64), 18 * 1024);
+  EXPECT_EQ(tma_pipeline_stages(4, 64), 4);
+  EXPECT_EQ(tma_pipeline_stages(4, 32), 3);
+  EXPECT_EQ(tma_pipeline_stages(8, 64), 2);
+  EXPECT_EQ(tma_pipeline_stages(2, 128), 4);
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
+    for (int g : {32, 64, 128}) {
+      EXPECT_LE(tma_pipeline_stages(bits, g) * tma_stage_bytes(bits, g), kTmaStageBudgetBytes) << bits << " " << g;
+    }
+  }
+  EXPECT_TRUE(tma_supported(shape(1, 5, 256), kH100));
+  EXPECT_FALSE(tma_supported(shape(1, 1024, 5120 + 128), kH100));  // K tail inside a slice
+  EXPECT_FALSE(tma_supported(shape(1, 1024, 5120), DeviceShape{108, 80}));  // no TMA before sm_90
+  EXPECT_FALSE(tma_supported(shape(1, 1024, 5120, 4, Dtype::float32), kH100));
 }
 
 TEST(CudaDispatch, ForcedNamesThatCannotRunThrow) {
   const ProblemShape p = shape(3, 1024, 5120);
   for (const char* bad : {"qmv_staged", "qmv_staged_m12", "qmv_staged_m8_b", "qmv_staged_m8_b0", "qmv_staged_m8_bx",
-                          "qmv_mma_m8_b123456789", "dense", ""}) {
+                          "qmv_mma_m8_b123456789", "qmv_tma_m32", "qmv_tma_m64", "dense", ""}) {
     EXPECT_THROW(forced(bad, p, kH100), Error) << bad;
   }
   EXPECT_THROW(forced("qmv_staged_m8", shape(3, 1024, 5120, 3), kH100), Error);
   EXPECT_THROW(forced("qmv_staged_m8", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
   EXPECT_THROW(forced("qmv_mma_m8", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
+  EXPECT_THROW(forced("qmv_tma_m8", shape(3, 1024, 5120 + 64), kH100), Error);
+  EXPECT_THROW(forced("qmv_tma", shape(3, 1024, 5120), DeviceShape{108, 80}), Error);
+  EXPECT_THROW(forced("qmv_mma", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
   ProblemShape vm = p;
   vm.transpose = false;
   EXPECT_THROW(forced("qmv_staged_m8", vm, kH100), Error);

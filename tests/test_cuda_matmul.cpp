@@ -103,9 +103,17 @@ void check_case(const Case& c, std::mt19937& rng) {
 }
 
 std::vector<std::string> mma_kernels() {
-  return {"qmv_staged_m8", "qmv_staged_m16", "qmv_staged_m32", "qmv_staged_m64",
-          "qmv_mma_m8",    "qmv_mma_m16",    "qmv_mma_m32",    "qmv_mma_m64"};
+  return {"qmv_tma_m8",       "qmv_tma_m16",      "qmv_staged_m8", "qmv_staged_m16", "qmv_staged_m32",
+          "qmv_staged_m64",   "qmv_mma_m8",       "qmv_mma_m16",   "qmv_mma_m32",    "qmv_mma_m64"};
 }
+/// qmv_tma needs an sm_90 device; elsewhere its cases are skipped (dispatch never picks it there).
+bool device_runs(const std::string& kernel) {
+  if (kernel.rfind("qmv_tma", 0) != 0) return true;
+  return device_info(kGpu).compute_capability >= 90;
+}
+/// K for the every-format sweep: qmv_tma takes K in 256-value slices (a 512-value K still splits
+/// rows across stream-K blocks); the others get a K that ends inside a 256-value slice.
+std::int64_t sweep_k(const std::string& kernel) { return kernel.rfind("qmv_tma", 0) == 0 ? 512 : 384; }
 /// Bit widths a tensor-core kernel family runs (qmv_staged: 4 and 8).
 std::vector<int> bits_of(const std::string& kernel) {
   if (kernel.rfind("qmv_staged", 0) == 0) return {4, 8};
@@ -144,10 +152,11 @@ TEST(CudaMatmul, EveryMmaConfigEveryFormat) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(7);
   for (const auto& kernel : mma_kernels()) {
+    if (!device_runs(kernel)) continue;
     for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
       for (int bits : bits_of(kernel)) {
         for (int g : {32, 64, 128}) {
-          for (std::int64_t M : {1, 5, 13}) check_case({M, 200, 384, bits, g, dt, dt, true, kernel}, rng);
+          for (std::int64_t M : {1, 5, 13}) check_case({M, 200, sweep_k(kernel), bits, g, dt, dt, true, kernel}, rng);
         }
       }
     }
@@ -180,6 +189,20 @@ TEST(CudaMatmul, NAndKAroundTileAndGroupBoundaries) {
       }
     }
   }
+  // qmv_tma: K in 256-value slices; N around the 128-row block (rows past N come from the TMA's
+  // zero fill and the clamped scale copies).
+  if (device_runs("qmv_tma")) {
+    for (std::int64_t N : {1, 7, 8, 15, 16, 17, 127, 128, 129, 300}) {
+      for (std::int64_t K : {256, 512, 1280}) {
+        for (int g : {32, 64, 128}) {
+          check_case({3, N, K, 4, g, Dtype::float16, Dtype::float16, true, "qmv_tma_m8"}, rng);
+          check_case({11, N, K, 4, g, Dtype::bfloat16, Dtype::bfloat16, true, "qmv_tma_m16"}, rng);
+          check_case({2, N, K, 8, g, Dtype::bfloat16, Dtype::bfloat16, true, "qmv_tma"}, rng);
+          check_case({17, N, K, 3, g, Dtype::float16, Dtype::float16, true, "qmv_tma"}, rng);
+        }
+      }
+    }
+  }
 }
 
 TEST(CudaMatmul, LargeKSplitAcrossBlocks) {
@@ -189,6 +212,12 @@ TEST(CudaMatmul, LargeKSplitAcrossBlocks) {
   check_case({4, 256, 8192, 4, 64, Dtype::float16, Dtype::float16, true, ""}, rng);
   check_case({16, 1024, 5120, 4, 64, Dtype::float16, Dtype::float16, true, ""}, rng);
   check_case({2, 5120, 1024, 8, 128, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
+  if (device_runs("qmv_tma")) {
+    check_case({4, 256, 8192, 4, 64, Dtype::float16, Dtype::float16, true, "qmv_tma"}, rng);
+    check_case({16, 1024, 5120, 4, 64, Dtype::float16, Dtype::float16, true, "qmv_tma"}, rng);
+    check_case({7, 1024, 5120, 4, 64, Dtype::float16, Dtype::float16, true, "qmv_tma_m8_b1000"}, rng);
+    check_case({2, 5120, 1024, 8, 128, Dtype::bfloat16, Dtype::bfloat16, true, "qmv_tma"}, rng);
+  }
 }
 
 TEST(CudaMatmul, CudaCoreKernelsEveryDtypeMix) {
@@ -213,6 +242,11 @@ TEST(CudaMatmul, CudaCoreKernelsEveryDtypeMix) {
 TEST(CudaMatmul, BatchInvariance) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(23);
+  for (const std::string kernel : {"", "qmv_tma", "qmv_mma"}) {
+  if (!device_runs(kernel)) continue;
+  CallOptions opts;
+  opts.kernel = kernel;
+  SCOPED_TRACE("kernel '" + kernel + "'");
   for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
     for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{1024, 5120}, {5120, 1024}, {300, 4096}}) {
       SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
@@ -221,11 +255,11 @@ TEST(CudaMatmul, BatchInvariance) {
       std::vector<Tensor> alone;
       for (std::int64_t r = 0; r < 16; ++r) {
         const TensorView xr(static_cast<char*>(x.data()) + r * K * 2, {1, K}, dt, kGpu);
-        alone.push_back(quantized_matmul(xr, q.w_q, q.scales, q.biases).to(Device::cpu()));
+        alone.push_back(quantized_matmul(xr, q.w_q, q.scales, q.biases, true, 64, 4, opts).to(Device::cpu()));
       }
       for (std::int64_t M = 1; M <= 16; ++M) {
         const TensorView xm(x.data(), {M, K}, dt, kGpu);
-        const Tensor out = quantized_matmul(xm, q.w_q, q.scales, q.biases).to(Device::cpu());
+        const Tensor out = quantized_matmul(xm, q.w_q, q.scales, q.biases, true, 64, 4, opts).to(Device::cpu());
         for (std::int64_t r = 0; r < M; ++r) {
           const Tensor row = Tensor::empty({1, N}, dt);
           std::memcpy(row.data(), static_cast<char*>(out.data()) + r * N * 2, static_cast<std::size_t>(N) * 2);
@@ -233,6 +267,7 @@ TEST(CudaMatmul, BatchInvariance) {
         }
       }
     }
+  }
   }
 }
 
@@ -263,14 +298,18 @@ TEST(CudaMatmul, BatchedAndBroadcastInputs) {
 #if defined(QMM_HAVE_CUDA)
 TEST(CudaMatmul, CapturableInCudaGraph) {
   QMM_REQUIRE_GPU();
+  for (const std::string kernel : {"", "qmv_tma", "qmv_mma"}) {
+  if (!device_runs(kernel)) continue;
+  SCOPED_TRACE("kernel '" + kernel + "'");
   std::mt19937 rng(31);
   const Dtype dt = Dtype::float16;
   const QuantizedWeights q = quantize(random_tensor({1024, 5120}, dt, rng, 0.5f).to(kGpu), 64, 4);
   const Tensor x = random_tensor({3, 5120}, dt, rng).to(kGpu);
-  const Tensor eager = quantized_matmul(x, q.w_q, q.scales, q.biases);
+  CallOptions opts;
+  opts.kernel = kernel;
+  const Tensor eager = quantized_matmul(x, q.w_q, q.scales, q.biases, true, 64, 4, opts);
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
-  CallOptions opts;
   opts.stream.handle = stream;
   const Tensor out = poisoned_on({3, 1024}, dt, kGpu);
   quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts);  // allocates the workspace
@@ -288,6 +327,7 @@ TEST(CudaMatmul, CapturableInCudaGraph) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+  }
 }
 #endif
 
@@ -299,7 +339,7 @@ TEST(CudaMatmul, ForcedKernelThatCannotRunWritesNothing) {
   const Tensor out = poisoned_on({2, 64}, Dtype::float32, kGpu);
   const Tensor before = out.to(Device::cpu());
   CallOptions opts;
-  for (const char* kernel : {"qmv_mma_m8", "qmv_staged_m8"}) {  // need 16-bit activations
+  for (const char* kernel : {"qmv_mma_m8", "qmv_staged_m8", "qmv_tma_m8"}) {  // need 16-bit activations
     opts.kernel = kernel;
     EXPECT_THROW(quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts), Error) << kernel;
     EXPECT_TRUE(bitwise_equal(before, out.to(Device::cpu())));
@@ -310,6 +350,10 @@ TEST(CudaMatmul, ForcedKernelThatCannotRunWritesNothing) {
   const Tensor out16 = poisoned_on({2, 64}, Dtype::float16, kGpu);
   const Tensor before16 = out16.to(Device::cpu());
   opts.kernel = "qmv_staged_m8";
+  EXPECT_THROW(quantized_matmul_into(x16, q3.w_q, q3.scales, q3.biases, out16, true, 64, 3, opts), Error);
+  EXPECT_TRUE(bitwise_equal(before16, out16.to(Device::cpu())));
+  // qmv_tma takes K in 256-value slices: K = 128 cannot run (on any device).
+  opts.kernel = "qmv_tma";
   EXPECT_THROW(quantized_matmul_into(x16, q3.w_q, q3.scales, q3.biases, out16, true, 64, 3, opts), Error);
   EXPECT_TRUE(bitwise_equal(before16, out16.to(Device::cpu())));
 }
@@ -346,9 +390,12 @@ TEST(CudaMatmul, MisalignedScales) {
   const Tensor out2 = poisoned_on({M, N}, dt, kGpu);
   const Tensor before = out2.to(Device::cpu());
   CallOptions opts;
-  opts.kernel = "qmv_staged_m8";
-  EXPECT_THROW(quantized_matmul_into(xg, wq, s_view, b_view, out2, true, 64, 4, opts), Error);
-  EXPECT_TRUE(bitwise_equal(before, out2.to(Device::cpu())));
+  for (const char* kernel : {"qmv_staged_m8", "qmv_tma_m8"}) {
+    if (!device_runs(kernel)) continue;
+    opts.kernel = kernel;
+    EXPECT_THROW(quantized_matmul_into(xg, wq, s_view, b_view, out2, true, 64, 4, opts), Error) << kernel;
+    EXPECT_TRUE(bitwise_equal(before, out2.to(Device::cpu())));
+  }
 }
 
 }  // namespace

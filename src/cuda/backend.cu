@@ -56,6 +56,14 @@ bool staged_aligned(const MatmulProblem& p) {
          reinterpret_cast<std::uintptr_t>(p.w.biases) % 4 == 0;
 }
 
+/// qmv_tma: the TMA reads w_q from a 16-byte aligned base; each row's scales and biases of a
+/// 256-value slice (2 * 256 / group_size bytes) are copied with one cp.async of that size.
+bool tma_aligned(const MatmulProblem& p) {
+  const auto copy = static_cast<std::uintptr_t>(2 * cuda_dispatch::kTmaItemValues / p.w.group_size);
+  return mma_aligned(p) && reinterpret_cast<std::uintptr_t>(p.w.scales) % copy == 0 &&
+         reinterpret_cast<std::uintptr_t>(p.w.biases) % copy == 0;
+}
+
 cuda_dispatch::KernelConfig config_for(const MatmulProblem& p, const std::string& kernel) {
   using cuda_dispatch::Family;
   const auto shape = shape_of(p);
@@ -66,6 +74,10 @@ cuda_dispatch::KernelConfig config_for(const MatmulProblem& p, const std::string
       throw Error("[quantized_matmul] kernel " + kernel +
                   " needs 16-byte aligned x and w_q and 4-byte aligned scales and biases");
     }
+    if (c.family == Family::qmv_tma && !tma_aligned(p)) {
+      throw Error("[quantized_matmul] kernel " + kernel +
+                  " needs 16-byte aligned x and w_q and scales and biases aligned to 512 / group_size bytes");
+    }
     if (c.family == Family::qmv_mma && !mma_aligned(p)) {
       throw Error("[quantized_matmul] kernel " + kernel + " needs 16-byte aligned x and w_q");
     }
@@ -73,12 +85,18 @@ cuda_dispatch::KernelConfig config_for(const MatmulProblem& p, const std::string
   }
   auto c = cuda_dispatch::choose(shape, device);
   // Misaligned views (e.g. a slice of a larger buffer) step down to a kernel that can read them.
+  if (c.family == Family::qmv_tma && !tma_aligned(p)) {
+    c.family = Family::qmv_mma;
+    c.blocks = cuda_dispatch::stream_k_blocks(shape, device, cuda_dispatch::mma_blocks_per_sm(c.token_tiles));
+  }
   if (c.family == Family::qmv_mma && !mma_aligned(p)) c.family = Family::qmv_warp_rows;
   return c;
 }
 
 void launch(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c, cudaStream_t stream) {
   switch (c.family) {
+    case cuda_dispatch::Family::qmv_tma:
+      return launch_qmv_tma(p, c, stream);
     case cuda_dispatch::Family::qmv_staged:
       return launch_qmv_staged(p, c, stream);
     case cuda_dispatch::Family::qmv_mma:
@@ -123,12 +141,15 @@ LaunchInfo cuda_describe(const std::vector<MatmulProblem>& problems, const std::
   const auto batches = static_cast<std::int64_t>(problems.size());
   info.min_weight_bytes = weight_bytes * batches;
   switch (c.family) {
+    case cuda_dispatch::Family::qmv_tma:
     case cuda_dispatch::Family::qmv_staged:
     case cuda_dispatch::Family::qmv_mma: {
       info.grid[0] = c.blocks;
-      info.block_threads = cuda_dispatch::kMmaThreads;
-      info.blocks_per_sm = c.family == cuda_dispatch::Family::qmv_staged ? qmv_staged_blocks_per_sm(p, c)
-                                                                          : qmv_mma_blocks_per_sm(p, c);
+      info.block_threads =
+          c.family == cuda_dispatch::Family::qmv_tma ? cuda_dispatch::kTmaThreads : cuda_dispatch::kMmaThreads;
+      info.blocks_per_sm = c.family == cuda_dispatch::Family::qmv_tma      ? qmv_tma_blocks_per_sm(p, c)
+                           : c.family == cuda_dispatch::Family::qmv_staged ? qmv_staged_blocks_per_sm(p, c)
+                                                                            : qmv_mma_blocks_per_sm(p, c);
       info.workspace_bytes = qmm::cuda::stream_k::workspace_bytes(p, c);
       const std::int64_t passes = (p.M + 8 * c.token_tiles - 1) / (8 * c.token_tiles);
       info.weight_bytes = weight_bytes * batches * passes;

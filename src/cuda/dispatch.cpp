@@ -9,15 +9,20 @@ namespace qmm::detail::cuda_dispatch {
 namespace {
 constexpr const char* kWarpRows = "qmv_warp_rows";
 constexpr const char* kColumns = "qvm_columns";
+constexpr const char* kTmaFamily = "qmv_tma";
+constexpr const char* kMmaFamily = "qmv_mma";
 constexpr int kTokenTileChoices[] = {1, 2, 4, 8};
 
 std::string mma_name(int token_tiles) { return "qmv_mma_m" + std::to_string(8 * token_tiles); }
+std::string tma_name(int token_tiles) { return "qmv_tma_m" + std::to_string(8 * token_tiles); }
 std::string staged_name(int token_tiles) { return "qmv_staged_m" + std::to_string(8 * token_tiles); }
 int token_tiles_for(std::int64_t M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
 }  // namespace
 
 std::string KernelConfig::name() const {
   switch (family) {
+    case Family::qmv_tma:
+      return tma_name(token_tiles);
     case Family::qmv_staged:
       return staged_name(token_tiles);
     case Family::qmv_mma:
@@ -32,6 +37,9 @@ std::string KernelConfig::name() const {
 
 std::vector<std::string> kernel_names() {
   std::vector<std::string> names;
+  names.push_back(kTmaFamily);  // token tiles by M, like dispatch
+  for (int t : {1, 2}) names.push_back(tma_name(t));  // "_b<blocks>" may follow
+  names.push_back(kMmaFamily);
   for (int t : kTokenTileChoices) names.push_back(staged_name(t));  // "_b<blocks>" may follow
   for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise
   names.push_back(kWarpRows);
@@ -43,11 +51,15 @@ bool mma_supported(const ProblemShape& p) {
   return p.transpose && (p.x_dtype == Dtype::float16 || p.x_dtype == Dtype::bfloat16) && p.x_dtype == p.w_dtype;
 }
 
+bool tma_supported(const ProblemShape& p, const DeviceShape& d) {
+  return mma_supported(p) && d.compute_capability >= 90 && p.K % kTmaItemValues == 0;
+}
+
 bool staged_supported(const ProblemShape& p) { return mma_supported(p) && (p.bits == 4 || p.bits == 8); }
 
-int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm) {
+int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm, int item_values) {
   const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
-  const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
+  const std::int64_t segments = (p.K + item_values - 1) / item_values;
   // One block per resident slot; never more blocks than (row block, segment) items so every
   // block has work. token_tiles 1 and 2 share the count, so M = 1..16 reduce identically.
   const std::int64_t target = static_cast<std::int64_t>(d.multiprocessors) * blocks_per_sm;
@@ -75,15 +87,33 @@ KernelConfig forced(const std::string& name, const ProblemShape& p, const Device
     if (p.transpose) throw Error("[quantized_matmul] kernel qvm_columns needs transpose=false");
     return KernelConfig{Family::qvm_columns, 1, 0};
   }
+  if (name == kTmaFamily) {
+    if (!tma_supported(p, d)) {
+      throw Error("[quantized_matmul] kernel qmv_tma needs an sm_90 device, transpose=true, K a multiple of 256 and "
+                  "float16 or bfloat16 x with scales of the same dtype");
+    }
+    const int t = p.M <= 8 ? 1 : 2;
+    return KernelConfig{Family::qmv_tma, t, stream_k_blocks(p, d, kTmaBlocksPerSm, kTmaItemValues)};
+  }
+  if (name == kMmaFamily) {
+    if (!mma_supported(p)) {
+      throw Error("[quantized_matmul] kernel qmv_mma needs transpose=true and float16 or bfloat16 x with scales of the "
+                  "same dtype");
+    }
+    const int t = token_tiles_for(p.M);
+    return KernelConfig{Family::qmv_mma, t, stream_k_blocks(p, d, mma_blocks_per_sm(t))};
+  }
   if (name == kWarpRows) {
     if (!p.transpose) throw Error("[quantized_matmul] kernel qmv_warp_rows needs transpose=true");
     return KernelConfig{Family::qmv_warp_rows, 1, 0};
   }
   // qmv_staged_m<rows>[_b<blocks>] and qmv_mma_m<rows>[_b<blocks>]: the token tile and,
   // optionally, the stream-K block count.
-  for (const Family family : {Family::qmv_staged, Family::qmv_mma}) {
+  for (const Family family : {Family::qmv_tma, Family::qmv_staged, Family::qmv_mma}) {
     for (int t : kTokenTileChoices) {
-      const std::string base = family == Family::qmv_staged ? staged_name(t) : mma_name(t);
+      if (family == Family::qmv_tma && t > 2) continue;
+      const std::string base =
+          family == Family::qmv_tma ? tma_name(t) : family == Family::qmv_staged ? staged_name(t) : mma_name(t);
       if (name.compare(0, base.size(), base) != 0) continue;
       const std::string rest = name.substr(base.size());
       int blocks = 0;
@@ -95,7 +125,14 @@ KernelConfig forced(const std::string& name, const ProblemShape& p, const Device
         blocks = std::stoi(rest.substr(2));
         if (blocks < 1) throw Error("[quantized_matmul] kernel " + name + ": the block count must be positive");
       }
-      if (family == Family::qmv_staged) {
+      if (family == Family::qmv_tma) {
+        if (!tma_supported(p, d)) {
+          throw Error("[quantized_matmul] kernel " + name +
+                      " needs an sm_90 device, transpose=true, K a multiple of 256 and float16 or bfloat16 x with "
+                      "scales of the same dtype");
+        }
+        if (blocks == 0) blocks = stream_k_blocks(p, d, kTmaBlocksPerSm, kTmaItemValues);
+      } else if (family == Family::qmv_staged) {
         if (!staged_supported(p)) {
           throw Error("[quantized_matmul] kernel " + name +
                       " needs transpose=true, 4- or 8-bit weights and float16 or bfloat16 x with scales of the same "

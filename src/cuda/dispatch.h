@@ -26,6 +26,7 @@ struct DeviceShape {
 };
 
 enum class Family {
+  qmv_tma,        // tensor cores, TMA + producer warp feeding shared-memory stages (sm_90, K % 256 == 0, M <= 16 per pass)
   qmv_staged,     // tensor cores, cp.async stages, scale after the MMA (4/8-bit; forced only, see choose())
   qmv_mma,        // tensor cores, weight-stationary, stream-K split (transpose=true, fp16/bf16)
   qmv_warp_rows,  // CUDA cores, one warp per weight row (transpose=true, any dtype mix)
@@ -34,9 +35,9 @@ enum class Family {
 
 struct KernelConfig {
   Family family = Family::qmv_mma;
-  /// qmv_staged / qmv_mma: 8-token tiles per pass (1, 2, 4 or 8): up to 8*token_tiles rows of x per pass.
+  /// qmv_tma / qmv_staged / qmv_mma: 8-token tiles per pass (1, 2, 4 or 8): up to 8*token_tiles rows of x per pass.
   int token_tiles = 1;
-  /// qmv_staged / qmv_mma: persistent blocks sharing the (row block, K segment) work evenly (stream-K).
+  /// qmv_tma / qmv_staged / qmv_mma: persistent blocks sharing the (row block, K segment) work evenly (stream-K).
   int blocks = 0;
   std::string name() const;
 };
@@ -64,11 +65,35 @@ constexpr int staged_blocks_per_sm(int bits, int token_tiles) { return bits == 4
 /// qmv_staged: pipeline stages (items in shared memory at once).
 constexpr int staged_pipeline_stages(int token_tiles) { return token_tiles <= 2 ? 4 : 3; }
 
+/// qmv_tma: values of K per item (one pipeline stage: two 128-value segments), consumer threads
+/// (4 warps of 32 rows, as qmv_mma) plus one producer warp, and the most stages in the ring.
+constexpr int kTmaItemValues = 256;
+constexpr int kTmaThreads = kMmaThreads + 32;
+constexpr int kTmaMaxStages = 4;
+/// qmv_tma: resident blocks per SM (compiled for and launched with; shared memory is split
+/// evenly between them). One value for both token tiles, so M = 1..16 split K identically.
+constexpr int kTmaBlocksPerSm = 3;
+/// Shared memory one qmv_tma block may use for its stages (the SM's 227 KB over kTmaBlocksPerSm).
+constexpr int kTmaStageBudgetBytes = 227 * 1024 / kTmaBlocksPerSm - 1024;
+/// Bytes of one qmv_tma stage: 128 rows x 256 values of weights, and the rows' scales and biases
+/// for the stage's 256 / group_size groups.
+constexpr int tma_stage_bytes(int bits, int group_size) {
+  return kMmaRowsPerBlock * kTmaItemValues * bits / 8 + 2 * kMmaRowsPerBlock * (kTmaItemValues / group_size) * 2;
+}
+/// qmv_tma: stages in the ring (as many as the budget holds, 2 to kTmaMaxStages).
+constexpr int tma_pipeline_stages(int bits, int group_size) {
+  const int fit = kTmaStageBudgetBytes / tma_stage_bytes(bits, group_size);
+  return fit < 2 ? 2 : fit > kTmaMaxStages ? kTmaMaxStages : fit;
+}
+
 /// Names of every configuration `CallOptions::kernel` accepts on CUDA.
 std::vector<std::string> kernel_names();
 
 /// Whether qmv_mma can run this problem (transpose, 16-bit activations matching the scales).
 bool mma_supported(const ProblemShape& p);
+/// Whether qmv_tma can: qmv_mma's conditions, an sm_90 device (TMA, mbarrier transactions) and
+/// K a multiple of kTmaItemValues (no K tail inside a stage; row strides the TMA can step).
+bool tma_supported(const ProblemShape& p, const DeviceShape& d);
 /// Whether qmv_staged can: qmv_mma's conditions and 4- or 8-bit weights.
 bool staged_supported(const ProblemShape& p);
 
@@ -83,6 +108,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d);
 KernelConfig forced(const std::string& name, const ProblemShape& p, const DeviceShape& d);
 
 /// Stream-K block count (see choose()): one per resident slot, at most one per item.
-int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm);
+/// item_values: K values per item (kMmaSegment for qmv_mma/qmv_staged, kTmaItemValues for qmv_tma).
+int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm, int item_values = kMmaSegment);
 
 }  // namespace qmm::detail::cuda_dispatch

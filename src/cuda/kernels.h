@@ -14,6 +14,12 @@ void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c
 /// Resident qmv_mma blocks per SM for this problem's bits/dtype/token tiles (occupancy API).
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config);
 
+/// Tensor cores, TMA producer warp feeding shared-memory stages, qmv_mma's arithmetic
+/// (qmv_tma_kernels.cu). sm_90, K a multiple of 256.
+void launch_qmv_tma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream);
+/// Resident qmv_tma blocks per SM (occupancy API, with its dynamic shared memory).
+int qmv_tma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config);
+
 /// Tensor cores, cp.async pipeline through shared memory, scale and bias applied in fp32 after
 /// the MMA, same stream-K split (qmv_staged_kernels.cu). 4- and 8-bit weights.
 void launch_qmv_staged(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream);

@@ -16,6 +16,7 @@
 #include "src/cuda/check.h"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
+#include "src/cuda/qmv_mma_segment.cuh"
 #include "src/cuda/stream_k.cuh"
 #include "src/cuda/workspace.h"
 #include "src/format/affine.h"
@@ -31,12 +32,8 @@ using cuda_dispatch::kMmaThreads;
 using MmaParams = qmm::cuda::stream_k::Params;
 using qmm::cuda::stream_k::item_start;
 
-template <typename T, int Bits>
-struct SegmentLoad {
-  mma::Chunk<Bits> chunk[4];  // rows r, r+8, r+16, r+24 of this warp
-  typename mma::Types<T>::T2 s2[4];
-  typename mma::Types<T>::T2 b2[4];
-};
+using mma::SegmentLoad;
+using mma::compute_segment;
 
 template <typename T, int Bits>
 __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
@@ -62,51 +59,6 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
       for (int w = 0; w < Bits; ++w) L.chunk[i].w[w] = 0;
       L.s2[i] = mma::as_t2<T2>(0u);
       L.b2[i] = mma::as_t2<T2>(0u);
-    }
-  }
-}
-
-/// MMAs of one 128-value segment. x is read straight from global memory (it is small and hot in
-/// L1/L2): staging it in shared memory per chunk of segments measured slower (bench/NOTES.md).
-template <typename T, int Bits, int TokenTiles>
-__device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
-                                                const MmaParams& p, int seg, int c, int token) {
-  const int k_chunk = seg * kMmaSegment + 32 * c;
-  const bool valid = k_chunk < p.K;
-  const T* x = static_cast<const T*>(p.x);
-  // In a register, so the 4-bit path merges mask and magic into one LOP3.
-  const std::uint32_t magic = mma::pair_magic<T, Bits>();
-#pragma unroll
-  for (int pair = 0; pair < 4; ++pair) {
-    // B fragments for the two steps of this pair, per token tile (see mma_fragments.cuh).
-    std::uint32_t bx[TokenTiles][4];
-#pragma unroll
-    for (int t = 0; t < TokenTiles; ++t) {
-      const int m = t * 8 + token;
-      uint4 X = make_uint4(0, 0, 0, 0);
-      if (valid && m < p.M) {
-        X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k_chunk + 8 * pair));
-      }
-      bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
-      bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
-      bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
-      bx[t][3] = __byte_perm(X.y, X.w, 0x7632);  // (x3, x7)
-    }
-#pragma unroll
-    for (int step = 0; step < 2; ++step) {
-#pragma unroll
-      for (int tile = 0; tile < 2; ++tile) {
-        const int r0 = 2 * tile, r8 = 2 * tile + 1;
-        std::uint32_t a[4];
-        a[0] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), L.s2[r0], L.b2[r0]);
-        a[1] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), L.s2[r8], L.b2[r8]);
-        a[2] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), L.s2[r0], L.b2[r0]);
-        a[3] = mma::dequant_pair<T, Bits>(mma::value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), L.s2[r8], L.b2[r8]);
-#pragma unroll
-        for (int t = 0; t < TokenTiles; ++t) {
-          mma::mma_16816<T>(acc[tile][t], a, bx[t][2 * step], bx[t][2 * step + 1]);
-        }
-      }
     }
   }
 }

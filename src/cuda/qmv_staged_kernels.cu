@@ -30,13 +30,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <mutex>
-#include <set>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
 
 #include "src/cuda/check.h"
+#include "src/cuda/dynamic_smem.h"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
 #include "src/cuda/stream_k.cuh"
@@ -499,17 +498,6 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
 }
 
 /// Opts a kernel into more than 48 KB of dynamic shared memory, once per (kernel, device).
-void allow_dynamic_smem(const void* fn, int bytes) {
-  int device = 0;
-  QMM_CUDA_CHECK(cudaGetDevice(&device));
-  static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({fn, device}) != 0) return;
-  QMM_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  done.insert({fn, device});
-}
-
 struct KernelRef {
   const void* fn;
   int smem_bytes;

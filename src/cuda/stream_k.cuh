@@ -93,11 +93,23 @@ __device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4
   }
 }
 
-/// Called by every thread of the block when its run of items [first, last] of row block rb
+/// Barrier over the threads that hold accumulators. Kernels whose every thread computes use the
+/// whole block; qmv_tma's producer warp never reaches finish_row_block, so its 128 consumer
+/// threads use named barrier 1 instead.
+struct SyncBlock {
+  __device__ __forceinline__ void operator()() const { __syncthreads(); }
+};
+struct SyncConsumers {
+  __device__ __forceinline__ void operator()() const {
+    asm volatile("bar.sync 1, %0;\n" ::"n"(kMmaThreads) : "memory");
+  }
+};
+
+/// Called by every (consumer) thread of the block when its run of items [first, last] of row block rb
 /// ends (first/last are absolute item indices; start is the block's first item). A whole row
 /// block is stored; a partial one is published, and the last contributor reduces in block order
 /// and stores. `s_is_last` is a shared-memory flag. acc is clobbered.
-template <typename T, int TokenTiles>
+template <typename T, int TokenTiles, typename Sync = SyncBlock>
 __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4], const Params& p, int rb,
                                                  std::int64_t first, std::int64_t last, std::int64_t start,
                                                  int* s_is_last) {
@@ -121,14 +133,14 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
 #pragma unroll
       for (int e = 0; e < 4; ++e) mine[((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x] = acc[tile][t][e];
   __threadfence();
-  __syncthreads();
+  Sync{}();
   const int first_block = block_of_item(items, p.blocks, rb_first_item);
   const int last_block = block_of_item(items, p.blocks, rb_first_item + p.segments - 1);
   if (threadIdx.x == 0) {
     const int arrived = atomicAdd(&p.counters[rb], 1);
     *s_is_last = arrived == last_block - first_block;
   }
-  __syncthreads();
+  Sync{}();
   if (*s_is_last) {
     __threadfence();
     zero(acc);
@@ -165,7 +177,7 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
     store_output<T, TokenTiles>(acc, p, rb, warp, lane);
     if (threadIdx.x == 0) p.counters[rb] = 0;  // ready for the next call on this stream
   }
-  __syncthreads();  // s_is_last is reused by the next row block
+  Sync{}();  // s_is_last is reused by the next row block
 }
 
 // ---- host side -------------------------------------------------------------------------------

@@ -1,0 +1,398 @@
+// qmv_tma: the small-M tensor-core kernel family fed by the tensor memory accelerator (sm_90).
+// transpose=true (W is N x K), fp16/bf16 activations with scales of the same dtype, any bits,
+// K a multiple of 256, up to 16 rows of x per pass.
+//
+// Why (bench/NOTES.md, v5/v6): qmv_mma keeps only the next segment's loads in flight, in
+// registers, and ncu shows it waiting on global memory (long-scoreboard stalls, ~40 % of DRAM
+// bandwidth). Here one producer warp per block moves whole tiles with TMA into a ring of
+// shared-memory stages, up to kTmaMaxStages items ahead; the bytes in flight no longer depend on
+// registers or on how far the computing warps have got, and the copies cost the computing warps
+// no instructions.
+//
+// Block: warps 0-3 compute exactly as qmv_mma does (same k mapping, same SegmentLoad and
+// compute_segment from qmv_mma_segment.cuh, so the products are bit-identical to qmv_mma's for
+// the same split), reading their chunks and scales from shared memory; warp 4 is the producer.
+// Item: (128-row block, 256-value K slice) = one stage: two TMA boxes of 128 rows x 128 values
+// (rows past N are zero-filled by the TMA), plus the rows' scales and biases for the slice, which
+// the producer's lanes copy with cp.async (rows past N copy row N-1: finite values whose
+// outputs are never stored). Stage handoff: a "full" mbarrier per stage (the TMA bytes as a
+// transaction count, plus one cp.async arrival per producer lane) and an "empty" mbarrier (one
+// arrival per consumer warp).
+//
+// Work split: stream-K over items (stream_k.cuh, items of 256 values), one block count for
+// M = 1..16 (batch invariance); partial row blocks are reduced by the last arriving block in
+// block order.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "src/cuda/check.h"
+#include "src/cuda/dynamic_smem.h"
+#include "src/cuda/kernels.h"
+#include "src/cuda/mma_fragments.cuh"
+#include "src/cuda/qmv_mma_segment.cuh"
+#include "src/cuda/stream_k.cuh"
+#include "src/format/affine.h"
+
+namespace qmm::detail {
+namespace {
+
+namespace mma = qmm::cuda::mma;
+namespace sk = qmm::cuda::stream_k;
+using cuda_dispatch::kMmaRowsPerBlock;
+using cuda_dispatch::kMmaSegment;
+using cuda_dispatch::kMmaThreads;
+using cuda_dispatch::kTmaItemValues;
+using cuda_dispatch::kTmaMaxStages;
+using cuda_dispatch::kTmaThreads;
+
+static_assert(kTmaItemValues == 2 * kMmaSegment, "a stage holds two qmv_mma segments");
+
+/// Where things sit in one stage (byte offsets; G = groups per stage = 256 / group_size).
+struct StageGeometry {
+  int box_bytes;     // one TMA box: 128 rows x 128 values
+  int scales_at;     // [128 rows][G] scales
+  int biases_at;     // [128 rows][G] biases
+  int stage_bytes;
+  int stages;
+  int groups;  // G
+};
+
+__host__ __device__ inline StageGeometry stage_geometry(int bits, int group_size, int scale_bytes) {
+  StageGeometry g{};
+  g.groups = kTmaItemValues / group_size;
+  g.box_bytes = kMmaRowsPerBlock * kMmaSegment * bits / 8;
+  g.scales_at = 2 * g.box_bytes;
+  g.biases_at = g.scales_at + kMmaRowsPerBlock * g.groups * scale_bytes;
+  g.stage_bytes = g.biases_at + kMmaRowsPerBlock * g.groups * scale_bytes;
+  g.stages = cuda_dispatch::tma_pipeline_stages(bits, group_size);
+  return g;
+}
+
+// ---- PTX wrappers (sm_90; the sm_80 build compiles the kernel to a trap) ----------------------
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+constexpr int kConsumerWarps = kMmaThreads / 32;
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+/// Blocks until the phase of `bar` with parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+/// 2-D TMA tile load into shared memory; completion is counted in bytes on `bar`.
+__device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap* map, int x, int y,
+                                            std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+}
+
+template <int Bytes>
+__device__ __forceinline__ void cp_async(std::uint32_t dst, const void* src) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
+}
+
+/// Arrives on `bar` once every earlier cp.async of this thread has landed (the arrival was
+/// counted in the barrier's initial count).
+__device__ __forceinline__ void cp_async_arrive(std::uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+/// A chunk (32 values, Bits words) from shared memory; the address is 4*Bits-byte aligned.
+template <int Bits>
+__device__ __forceinline__ mma::Chunk<Bits> load_chunk_shared(const unsigned char* p) {
+  mma::Chunk<Bits> c;
+  if constexpr (Bits % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < Bits / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      c.w[4 * i] = v.x, c.w[4 * i + 1] = v.y, c.w[4 * i + 2] = v.z, c.w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (Bits % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < Bits / 2; ++i) {
+      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
+      c.w[2 * i] = v.x, c.w[2 * i + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < Bits; ++i) c.w[i] = reinterpret_cast<const std::uint32_t*>(p)[i];
+  }
+  return c;
+}
+
+// ---- the kernel ------------------------------------------------------------------------------
+
+/// Producer (warp 4): for each item of this block's run, wait until its stage is free, then
+/// start the two weight boxes (lane 0) and the scale and bias copies (all lanes).
+template <typename T, int Bits>
+__device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* map, const StageGeometry& geo,
+                                        unsigned char* stages, std::uint32_t full0, std::uint32_t empty0,
+                                        std::int64_t start, std::int64_t end) {
+  const int lane = threadIdx.x & 31;
+  const T* scales = static_cast<const T*>(p.scales);
+  const T* biases = static_cast<const T*>(p.biases);
+  int stage = 0;
+  std::uint32_t round_parity = 0;
+  for (std::int64_t it = start; it < end; ++it) {
+    const int rb = static_cast<int>(it / p.segments);
+    const int slice = static_cast<int>(it - static_cast<std::int64_t>(rb) * p.segments);
+    const std::uint32_t full = full0 + 8 * stage;
+    // A fresh barrier counts its (virtual) previous phase as complete: round 0 passes at once.
+    mbar_wait(empty0 + 8 * stage, round_parity ^ 1);
+    const std::uint32_t dst = smem_u32(stages + static_cast<std::size_t>(stage) * geo.stage_bytes);
+    if (lane == 0) {
+      mbar_arrive_expect_tx(full, 2 * geo.box_bytes);
+      const int words_per_box = kMmaSegment * Bits / 32;
+      tma_load_2d(dst, map, (2 * slice) * words_per_box, rb * kMmaRowsPerBlock, full);
+      tma_load_2d(dst + geo.box_bytes, map, (2 * slice + 1) * words_per_box, rb * kMmaRowsPerBlock, full);
+    }
+    const int row_bytes = geo.groups * static_cast<int>(sizeof(T));
+#pragma unroll
+    for (int i = 0; i < kMmaRowsPerBlock / 32; ++i) {
+      const int r = lane + 32 * i;
+      const int n = min(rb * kMmaRowsPerBlock + r, p.N - 1);
+      const std::int64_t at = static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(slice) * geo.groups;
+      const std::uint32_t s_dst = dst + geo.scales_at + r * row_bytes;
+      const std::uint32_t b_dst = dst + geo.biases_at + r * row_bytes;
+      // row_bytes is 4, 8 or 16 (groups 128, 64, 32 of 2-byte values).
+      if (row_bytes == 16) {
+        cp_async<16>(s_dst, scales + at), cp_async<16>(b_dst, biases + at);
+      } else if (row_bytes == 8) {
+        cp_async<8>(s_dst, scales + at), cp_async<8>(b_dst, biases + at);
+      } else {
+        cp_async<4>(s_dst, scales + at), cp_async<4>(b_dst, biases + at);
+      }
+    }
+    cp_async_arrive(full);
+    if (++stage == geo.stages) stage = 0, round_parity ^= 1;
+  }
+  // Nothing of this thread may still be in flight when it exits.
+  cp_async_wait_all();
+}
+#endif
+
+template <typename T, int Bits, int TokenTiles>
+__global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
+    qmv_tma_kernel(const sk::Params p, const __grid_constant__ CUtensorMap map, int group_size) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char stages[];
+  __shared__ __align__(8) std::uint64_t full_bars[kTmaMaxStages];
+  __shared__ __align__(8) std::uint64_t empty_bars[kTmaMaxStages];
+  __shared__ int s_is_last;
+  using T2 = typename mma::Types<T>::T2;
+
+  const StageGeometry geo = stage_geometry(Bits, group_size, sizeof(T));
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const std::uint32_t full0 = smem_u32(&full_bars[0]);
+  const std::uint32_t empty0 = smem_u32(&empty_bars[0]);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < geo.stages; ++s) {
+      mbar_init(full0 + 8 * s, 1 + 32);  // lane 0's expect_tx arrival + 32 cp.async arrivals
+      mbar_init(empty0 + 8 * s, kConsumerWarps);
+    }
+    // Make the initialised barriers visible to the async proxy (TMA) as well.
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
+  const std::int64_t start = sk::item_start(items, p.blocks, blockIdx.x);
+  const std::int64_t end = sk::item_start(items, p.blocks, blockIdx.x + 1);
+
+  if (warp == kConsumerWarps) {
+    produce<T, Bits>(p, &map, geo, stages, full0, empty0, start, end);
+    return;
+  }
+
+  const int row_in_8 = lane >> 2;
+  const int c = lane & 3;
+  int stage = 0;
+  std::uint32_t round_parity = 0;
+  for (std::int64_t cur = start; cur < end;) {
+    const int rb = static_cast<int>(cur / p.segments);
+    const int s0 = static_cast<int>(cur % p.segments);
+    const int s1 = static_cast<int>(std::min<std::int64_t>(p.segments, s0 + (end - cur)));
+
+    float acc[2][TokenTiles][4];
+    sk::zero(acc);
+    for (int slice = s0; slice < s1; ++slice) {
+      mbar_wait(full0 + 8 * stage, round_parity);
+      const unsigned char* st = stages + static_cast<std::size_t>(stage) * geo.stage_bytes;
+      const T* s_smem = reinterpret_cast<const T*>(st + geo.scales_at);
+      const T* b_smem = reinterpret_cast<const T*>(st + geo.biases_at);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        mma::SegmentLoad<T, Bits> L;
+        const int g = (half * kMmaSegment + 32 * c) / group_size;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = warp * 32 + i * 8 + row_in_8;
+          L.chunk[i] = load_chunk_shared<Bits>(st + half * geo.box_bytes + r * (16 * Bits) + c * (4 * Bits));
+          const T s = s_smem[r * geo.groups + g];
+          const T b = b_smem[r * geo.groups + g];
+          L.s2[i] = T2{s, s};
+          L.b2[i] = T2{b, b};
+        }
+        mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, 2 * slice + half, c, row_in_8);
+      }
+      // Every lane's reads of this stage are done (their values are in registers and used).
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty0 + 8 * stage);
+      if (++stage == geo.stages) stage = 0, round_parity ^= 1;
+    }
+    sk::finish_row_block<T, TokenTiles, sk::SyncConsumers>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
+    cur += s1 - s0;
+  }
+#else
+  // Dispatch sends only sm_90 devices here (cuda_dispatch::tma_supported).
+  __trap();
+#endif
+}
+
+// ---- host side -------------------------------------------------------------------------------
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    QMM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || f == nullptr) {
+      throw std::runtime_error("[cuda] cuTensorMapEncodeTiled is not available from the driver");
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+/// The weights as a 2-D tensor of 32-bit words (N rows of K*bits/32 words); one box is 128 rows
+/// x one 128-value segment. Rows past N read as zeros.
+CUtensorMap weight_map(const MatmulProblem& p) {
+  CUtensorMap map;
+  const cuuint64_t words_per_row = static_cast<cuuint64_t>(format::packed_words(p.K, p.w.bits));
+  const cuuint64_t dims[2] = {words_per_row, static_cast<cuuint64_t>(p.N)};
+  const cuuint64_t strides[1] = {words_per_row * 4};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kMmaSegment * p.w.bits / 32),
+                             static_cast<cuuint32_t>(kMmaRowsPerBlock)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 2, const_cast<std::uint32_t*>(p.w.w_q),
+                                          dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    throw std::runtime_error("[cuda] cuTensorMapEncodeTiled failed for the qmv_tma weight map (CUresult " +
+                             std::to_string(static_cast<int>(r)) + ")");
+  }
+  return map;
+}
+
+template <typename T, int Bits, int TokenTiles>
+void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  const StageGeometry geo = stage_geometry(Bits, p.w.group_size, sizeof(T));
+  const int smem = geo.stages * geo.stage_bytes;
+  auto* kernel = &qmv_tma_kernel<T, Bits, TokenTiles>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), cuda_dispatch::kTmaStageBudgetBytes);
+  sk::Params q = sk::make_params(p, config.blocks);
+  q.segments = static_cast<int>(p.K / kTmaItemValues);  // items per row block
+  sk::bind_workspace(q, stream, p, config);
+  const CUtensorMap map = weight_map(p);
+  const int rows_per_pass = 8 * TokenTiles;
+  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
+    q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
+    q.x = static_cast<const T*>(p.x) + m0 * p.K;
+    q.out = static_cast<T*>(p.out) + m0 * p.N;
+    kernel<<<config.blocks, kTmaThreads, smem, stream>>>(q, map, p.w.group_size);
+    QMM_CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <typename T, int TokenTiles>
+void launch_bits(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  switch (p.w.bits) {
+    case 2:
+      return launch_typed<T, 2, TokenTiles>(p, config, stream);
+    case 3:
+      return launch_typed<T, 3, TokenTiles>(p, config, stream);
+    case 4:
+      return launch_typed<T, 4, TokenTiles>(p, config, stream);
+    case 5:
+      return launch_typed<T, 5, TokenTiles>(p, config, stream);
+    case 6:
+      return launch_typed<T, 6, TokenTiles>(p, config, stream);
+    case 8:
+      return launch_typed<T, 8, TokenTiles>(p, config, stream);
+    default:
+      throw std::logic_error("qmv_tma: unsupported bits reached the launcher");
+  }
+}
+
+template <typename T>
+void launch_dtype(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  if (config.token_tiles == 1) return launch_bits<T, 1>(p, config, stream);
+  if (config.token_tiles == 2) return launch_bits<T, 2>(p, config, stream);
+  throw std::logic_error("qmv_tma: unsupported token tile count");
+}
+
+}  // namespace
+
+int qmv_tma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
+  const StageGeometry geo = stage_geometry(p.w.bits, p.w.group_size, 2);
+  const void* fn = nullptr;
+  // Register use is what differs between instantiations; 4-bit stands for the family here.
+  if (p.x_dtype == Dtype::bfloat16) {
+    fn = config.token_tiles == 1 ? reinterpret_cast<const void*>(&qmv_tma_kernel<__nv_bfloat16, 4, 1>)
+                                 : reinterpret_cast<const void*>(&qmv_tma_kernel<__nv_bfloat16, 4, 2>);
+  } else {
+    fn = config.token_tiles == 1 ? reinterpret_cast<const void*>(&qmv_tma_kernel<__half, 4, 1>)
+                                 : reinterpret_cast<const void*>(&qmv_tma_kernel<__half, 4, 2>);
+  }
+  allow_dynamic_smem(fn, cuda_dispatch::kTmaStageBudgetBytes);
+  int blocks = 0;
+  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kTmaThreads, geo.stages * geo.stage_bytes));
+  return blocks;
+}
+
+void launch_qmv_tma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
+  if (p.x_dtype == Dtype::bfloat16) {
+    launch_dtype<__nv_bfloat16>(p, config, stream);
+  } else {
+    launch_dtype<__half>(p, config, stream);
+  }
+}
+
+}  // namespace qmm::detail
