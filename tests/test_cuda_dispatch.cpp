@@ -55,7 +55,9 @@ TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
   for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{13824, 5120}, {1024, 5120}, {300, 4096}, {8, 32}}) {
     const int blocks = choose(shape(1, N, K), kH100).blocks;
     const std::int64_t items = ((N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((K + kMmaSegment - 1) / kMmaSegment);
-    EXPECT_EQ(blocks, std::min<std::int64_t>(items, 132 * mma_blocks_per_sm(1))) << N << "x" << K;
+    EXPECT_EQ(blocks, std::max<std::int64_t>(1, std::min<std::int64_t>(items / kMinItemsPerBlock,
+                                                                        132 * mma_blocks_per_sm(1))))
+        << N << "x" << K;
     for (std::int64_t M = 2; M <= 16; ++M) EXPECT_EQ(choose(shape(M, N, K), kH100).blocks, blocks) << M;
   }
   EXPECT_EQ(choose(shape(1, 8, 32), kH100).blocks, 1);
@@ -75,11 +77,14 @@ TEST(CudaDispatch, ForcedNamesParse) {
   KernelConfig c = forced("qmv_staged_m16", p, kH100);
   EXPECT_EQ(c.family, Family::qmv_staged);
   EXPECT_EQ(c.token_tiles, 2);
-  EXPECT_EQ(c.blocks, std::min<int>(40 * 8, 132 * staged_blocks_per_sm(4, 2)));
+  EXPECT_EQ(c.blocks, std::min<int>(40 * 8 / kMinItemsPerBlock, 132 * staged_blocks_per_sm(4, 2)));
   EXPECT_EQ(forced("qmv_mma_m8", p, kH100).blocks, choose(p, kH100).blocks);
   c = forced("qmv_staged_m64_b77", p, kH100);
   EXPECT_EQ(c.token_tiles, 8);
   EXPECT_EQ(c.blocks, 77);
+  // A forced count above the item count (8 row blocks x 40 segments) is capped to it.
+  EXPECT_EQ(forced("qmv_mma_m8_b1000", p, kH100).blocks, 8 * 40);
+  EXPECT_EQ(forced("qmv_tma_m8_b1000", p, kH100).blocks, 8 * 20);
   c = forced("qmv_mma_m32_b5", p, kH100);
   EXPECT_EQ(c.family, Family::qmv_mma);
   EXPECT_EQ(c.token_tiles, 4);
@@ -102,7 +107,7 @@ TEST(CudaDispatch, TmaConfigurations) {
   KernelConfig c = forced("qmv_tma", p, kH100);
   EXPECT_EQ(c.family, Family::qmv_tma);
   EXPECT_EQ(c.token_tiles, 1);
-  EXPECT_EQ(c.blocks, std::min(8 * 20, 132 * kTmaBlocksPerSm));
+  EXPECT_EQ(c.blocks, std::min(8 * 20 / kMinItemsPerBlock, 132 * kTmaBlocksPerSm));
   EXPECT_EQ(c.name(), "qmv_tma_m8");
   for (std::int64_t M = 9; M <= 40; ++M) {
     c = forced("qmv_tma", shape(M, 13824, 5120), kH100);

@@ -60,10 +60,13 @@ bool staged_supported(const ProblemShape& p) { return mma_supported(p) && (p.bit
 int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm, int item_values) {
   const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
   const std::int64_t segments = (p.K + item_values - 1) / item_values;
-  // One block per resident slot; never more blocks than (row block, segment) items so every
-  // block has work. token_tiles 1 and 2 share the count, so M = 1..16 reduce identically.
-  const std::int64_t target = static_cast<std::int64_t>(d.multiprocessors) * blocks_per_sm;
-  return static_cast<int>(std::max<std::int64_t>(1, std::min(target, row_blocks * segments)));
+  // One block per resident slot, but at least kMinItemsPerBlock items per block: on small
+  // layers (5120 -> 1024: 320 items) one item per block made every row block a 40-way fixup that
+  // cost more than the SMs it filled (bench/NOTES.md). Depends on N, K and the device only:
+  // token_tiles 1 and 2 share the count, so M = 1..16 reduce identically.
+  const std::int64_t slots = static_cast<std::int64_t>(d.multiprocessors) * blocks_per_sm;
+  const std::int64_t items = row_blocks * segments;
+  return static_cast<int>(std::max<std::int64_t>(1, std::min(slots, items / kMinItemsPerBlock)));
 }
 
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
@@ -146,7 +149,11 @@ KernelConfig forced(const std::string& name, const ProblemShape& p, const Device
         }
         if (blocks == 0) blocks = stream_k_blocks(p, d, mma_blocks_per_sm(t));
       }
-      return KernelConfig{family, t, blocks};
+      // More blocks than items would leave blocks without work, which the last-arriver fixup
+      // counts on: a forced count is capped at the item count.
+      const int item_values = family == Family::qmv_tma ? kTmaItemValues : kMmaSegment;
+      const std::int64_t items = ((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((p.K + item_values - 1) / item_values);
+      return KernelConfig{family, t, static_cast<int>(std::min<std::int64_t>(blocks, std::max<std::int64_t>(1, items)))};
     }
   }
   throw Error("[quantized_matmul] unknown CUDA kernel '" + name + "'");

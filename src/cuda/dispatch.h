@@ -47,6 +47,10 @@ constexpr int kMmaRowsPerBlock = 128;
 constexpr int kMmaSegment = 128;
 constexpr int kMmaThreads = 128;
 
+/// Stream-K: fewest items per block (see stream_k_blocks). Measured on H100 for 5120 -> 1024
+/// (qmv_mma, M=1): 320 blocks of 1 item 13.7 us, 160 of 2 10.1 us, 80 of 4 9.7 us, 40 of 8 13.0 us.
+constexpr int kMinItemsPerBlock = 4;
+
 /// Minimum resident qmv_mma blocks per SM each kernel is compiled for (__launch_bounds__): four
 /// 128-thread blocks (128 registers) for one token tile, three (168 registers) for two, two
 /// for 32 and 64 tokens so their accumulators fit. Measured on H100 (bench/NOTES.md): warps

@@ -53,26 +53,33 @@ using cuda_dispatch::kTmaItemValues;
 using cuda_dispatch::kTmaMaxStages;
 using cuda_dispatch::kTmaThreads;
 
-static_assert(kTmaItemValues == 2 * kMmaSegment, "a stage holds two qmv_mma segments");
 
-/// Where things sit in one stage (byte offsets; G = groups per stage = 256 / group_size).
+/// Where things sit in one stage (byte offsets; G = groups per stage = kTmaItemValues / group_size).
+/// Computed on the host and passed to the kernel. The weights of a stage are one TMA box of 128
+/// rows x 128 bytes (4-bit), so each row's bytes of the stage are one contiguous request.
 struct StageGeometry {
-  int box_bytes;     // one TMA box: 128 rows x 128 values
-  int scales_at;     // [128 rows][G] scales
-  int biases_at;     // [128 rows][G] biases
+  int segments;   // 128-value segments per stage (slice values / 128)
+  int row_bytes;  // one row's weights in a stage (one TMA box row)
+  int box_bytes;  // the stage's TMA box: 128 rows x row_bytes
+  int groups;     // G
+  int scales_at;  // [128 rows][G] scales
+  int biases_at;  // [128 rows][G] biases
   int stage_bytes;
   int stages;
-  int groups;  // G
 };
 
-__host__ __device__ inline StageGeometry stage_geometry(int bits, int group_size, int scale_bytes) {
+StageGeometry stage_geometry(int bits, int group_size, int scale_bytes) {
   StageGeometry g{};
-  g.groups = kTmaItemValues / group_size;
-  g.box_bytes = kMmaRowsPerBlock * kMmaSegment * bits / 8;
-  g.scales_at = 2 * g.box_bytes;
+  const int slice = kTmaItemValues;
+  const int budget = cuda_dispatch::kTmaStageBudgetBytes;
+  g.segments = slice / kMmaSegment;
+  g.row_bytes = slice * bits / 8;
+  g.box_bytes = kMmaRowsPerBlock * g.row_bytes;
+  g.groups = slice / group_size;
+  g.scales_at = g.box_bytes;
   g.biases_at = g.scales_at + kMmaRowsPerBlock * g.groups * scale_bytes;
   g.stage_bytes = g.biases_at + kMmaRowsPerBlock * g.groups * scale_bytes;
-  g.stages = cuda_dispatch::tma_pipeline_stages(bits, group_size);
+  g.stages = std::max(1, std::min(kTmaMaxStages, budget / g.stage_bytes));
   return g;
 }
 
@@ -176,10 +183,8 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
     mbar_wait(empty0 + 8 * stage, round_parity ^ 1);
     const std::uint32_t dst = smem_u32(stages + static_cast<std::size_t>(stage) * geo.stage_bytes);
     if (lane == 0) {
-      mbar_arrive_expect_tx(full, 2 * geo.box_bytes);
-      const int words_per_box = kMmaSegment * Bits / 32;
-      tma_load_2d(dst, map, (2 * slice) * words_per_box, rb * kMmaRowsPerBlock, full);
-      tma_load_2d(dst + geo.box_bytes, map, (2 * slice + 1) * words_per_box, rb * kMmaRowsPerBlock, full);
+      mbar_arrive_expect_tx(full, geo.box_bytes);
+      tma_load_2d(dst, map, slice * (geo.row_bytes / 4), rb * kMmaRowsPerBlock, full);
     }
     const int row_bytes = geo.groups * static_cast<int>(sizeof(T));
 #pragma unroll
@@ -189,9 +194,12 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
       const std::int64_t at = static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(slice) * geo.groups;
       const std::uint32_t s_dst = dst + geo.scales_at + r * row_bytes;
       const std::uint32_t b_dst = dst + geo.biases_at + r * row_bytes;
-      // row_bytes is 4, 8 or 16 (groups 128, 64, 32 of 2-byte values).
-      if (row_bytes == 16) {
-        cp_async<16>(s_dst, scales + at), cp_async<16>(b_dst, biases + at);
+      // row_bytes is 2 * slice / group_size: 4, 8, or a multiple of 16.
+      if (row_bytes >= 16) {
+        for (int o = 0; o < row_bytes; o += 16) {
+          cp_async<16>(s_dst + o, reinterpret_cast<const char*>(scales + at) + o);
+          cp_async<16>(b_dst + o, reinterpret_cast<const char*>(biases + at) + o);
+        }
       } else if (row_bytes == 8) {
         cp_async<8>(s_dst, scales + at), cp_async<8>(b_dst, biases + at);
       } else {
@@ -208,7 +216,8 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
 
 template <typename T, int Bits, int TokenTiles>
 __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
-    qmv_tma_kernel(const sk::Params p, const __grid_constant__ CUtensorMap map, int group_size) {
+    qmv_tma_kernel(const sk::Params p, const __grid_constant__ CUtensorMap map, const StageGeometry geo,
+                   int group_size) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) unsigned char stages[];
   __shared__ __align__(8) std::uint64_t full_bars[kTmaMaxStages];
@@ -216,7 +225,6 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
   __shared__ int s_is_last;
   using T2 = typename mma::Types<T>::T2;
 
-  const StageGeometry geo = stage_geometry(Bits, group_size, sizeof(T));
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const std::uint32_t full0 = smem_u32(&full_bars[0]);
@@ -256,20 +264,20 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
       const unsigned char* st = stages + static_cast<std::size_t>(stage) * geo.stage_bytes;
       const T* s_smem = reinterpret_cast<const T*>(st + geo.scales_at);
       const T* b_smem = reinterpret_cast<const T*>(st + geo.biases_at);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
+#pragma unroll 2
+      for (int half = 0; half < geo.segments; ++half) {
         mma::SegmentLoad<T, Bits> L;
         const int g = (half * kMmaSegment + 32 * c) / group_size;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int r = warp * 32 + i * 8 + row_in_8;
-          L.chunk[i] = load_chunk_shared<Bits>(st + half * geo.box_bytes + r * (16 * Bits) + c * (4 * Bits));
+          L.chunk[i] = load_chunk_shared<Bits>(st + r * geo.row_bytes + half * (16 * Bits) + c * (4 * Bits));
           const T s = s_smem[r * geo.groups + g];
           const T b = b_smem[r * geo.groups + g];
           L.s2[i] = T2{s, s};
           L.b2[i] = T2{b, b};
         }
-        mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, 2 * slice + half, c, row_in_8);
+        mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, slice * geo.segments + half, c, row_in_8);
       }
       // Every lane's reads of this stage are done (their values are in registers and used).
       __syncwarp();
@@ -307,7 +315,7 @@ CUtensorMap weight_map(const MatmulProblem& p) {
   const cuuint64_t words_per_row = static_cast<cuuint64_t>(format::packed_words(p.K, p.w.bits));
   const cuuint64_t dims[2] = {words_per_row, static_cast<cuuint64_t>(p.N)};
   const cuuint64_t strides[1] = {words_per_row * 4};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kMmaSegment * p.w.bits / 32),
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kTmaItemValues * p.w.bits / 32),
                              static_cast<cuuint32_t>(kMmaRowsPerBlock)};
   const cuuint32_t element_strides[2] = {1, 1};
   const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 2, const_cast<std::uint32_t*>(p.w.w_q),
@@ -336,7 +344,7 @@ void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& con
     q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
     q.x = static_cast<const T*>(p.x) + m0 * p.K;
     q.out = static_cast<T*>(p.out) + m0 * p.N;
-    kernel<<<config.blocks, kTmaThreads, smem, stream>>>(q, map, p.w.group_size);
+    kernel<<<q.blocks, kTmaThreads, smem, stream>>>(q, map, geo, p.w.group_size);
     QMM_CUDA_CHECK_LAUNCH();
   }
 }
