@@ -16,7 +16,7 @@
 // (rows past N are zero-filled by the TMA), plus the rows' scales and biases for the slice, which
 // the producer's lanes copy with cp.async (rows past N copy row N-1: finite values whose
 // outputs are never stored). Stage handoff: a "full" mbarrier per stage (the TMA bytes as a
-// transaction count, plus one cp.async arrival per producer lane) and an "empty" mbarrier (one
+// transaction count, plus one arrival per producer lane once its scale copies have landed) and an "empty" mbarrier (one
 // arrival per consumer warp).
 //
 // Work split: stream-K over items (stream_k.cuh, items of 256 values), one block count for
@@ -131,11 +131,9 @@ __device__ __forceinline__ void cp_async(std::uint32_t dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
 }
 
-/// Arrives on `bar` once every earlier cp.async of this thread has landed (the arrival was
-/// counted in the barrier's initial count).
-__device__ __forceinline__ void cp_async_arrive(std::uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/// Waits until at most one committed group of this thread's cp.async copies is still in flight.
+__device__ __forceinline__ void cp_async_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
@@ -175,6 +173,7 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
   const T* biases = static_cast<const T*>(p.biases);
   int stage = 0;
   std::uint32_t round_parity = 0;
+  std::uint32_t previous_full = 0;  // full barrier of the stage whose scales are not announced yet
   for (std::int64_t it = start; it < end; ++it) {
     const int rb = static_cast<int>(it / p.segments);
     const int slice = static_cast<int>(it - static_cast<std::int64_t>(rb) * p.segments);
@@ -206,11 +205,20 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
         cp_async<4>(s_dst, scales + at), cp_async<4>(b_dst, biases + at);
       }
     }
-    cp_async_arrive(full);
+    // The previous stage's scales have landed once only this stage's group is in flight: then
+    // announce them (a plain release arrival, one per lane). Announcing one stage late keeps a
+    // stage of scale copies in flight without a per-stage round trip; with at least 2 stages
+    // the consumers never wait on a stage whose announcement needs a free slot.
+    cp_async_commit();
+    if (previous_full != 0) {
+      cp_async_wait_all_but_one();
+      mbar_arrive(previous_full);
+    }
+    previous_full = full;
     if (++stage == geo.stages) stage = 0, round_parity ^= 1;
   }
-  // Nothing of this thread may still be in flight when it exits.
   cp_async_wait_all();
+  if (previous_full != 0) mbar_arrive(previous_full);
 }
 #endif
 
@@ -231,7 +239,7 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
   const std::uint32_t empty0 = smem_u32(&empty_bars[0]);
   if (threadIdx.x == 0) {
     for (int s = 0; s < geo.stages; ++s) {
-      mbar_init(full0 + 8 * s, 1 + 32);  // lane 0's expect_tx arrival + 32 cp.async arrivals
+      mbar_init(full0 + 8 * s, 1 + 32);  // lane 0's expect_tx arrival + one per producer lane
       mbar_init(empty0 + 8 * s, kConsumerWarps);
     }
     // Make the initialised barriers visible to the async proxy (TMA) as well.
