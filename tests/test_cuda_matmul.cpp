@@ -243,31 +243,31 @@ TEST(CudaMatmul, BatchInvariance) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(23);
   for (const std::string kernel : {"", "qmv_tma", "qmv_mma"}) {
-  if (!device_runs(kernel)) continue;
-  CallOptions opts;
-  opts.kernel = kernel;
-  SCOPED_TRACE("kernel '" + kernel + "'");
-  for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
-    for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{1024, 5120}, {5120, 1024}, {300, 4096}}) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
-      const QuantizedWeights q = quantize(random_tensor({N, K}, dt, rng, 0.5f).to(kGpu), 64, 4);
-      const Tensor x = random_tensor({16, K}, dt, rng).to(kGpu);
-      std::vector<Tensor> alone;
-      for (std::int64_t r = 0; r < 16; ++r) {
-        const TensorView xr(static_cast<char*>(x.data()) + r * K * 2, {1, K}, dt, kGpu);
-        alone.push_back(quantized_matmul(xr, q.w_q, q.scales, q.biases, true, 64, 4, opts).to(Device::cpu()));
-      }
-      for (std::int64_t M = 1; M <= 16; ++M) {
-        const TensorView xm(x.data(), {M, K}, dt, kGpu);
-        const Tensor out = quantized_matmul(xm, q.w_q, q.scales, q.biases, true, 64, 4, opts).to(Device::cpu());
-        for (std::int64_t r = 0; r < M; ++r) {
-          const Tensor row = Tensor::empty({1, N}, dt);
-          std::memcpy(row.data(), static_cast<char*>(out.data()) + r * N * 2, static_cast<std::size_t>(N) * 2);
-          ASSERT_TRUE(bitwise_equal(alone[static_cast<std::size_t>(r)], row)) << "M=" << M << " row " << r;
+    if (!device_runs(kernel)) continue;
+    CallOptions opts;
+    opts.kernel = kernel;
+    SCOPED_TRACE("kernel '" + kernel + "'");
+    for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
+      for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{1024, 5120}, {5120, 1024}, {300, 4096}}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        const QuantizedWeights q = quantize(random_tensor({N, K}, dt, rng, 0.5f).to(kGpu), 64, 4);
+        const Tensor x = random_tensor({16, K}, dt, rng).to(kGpu);
+        std::vector<Tensor> alone;
+        for (std::int64_t r = 0; r < 16; ++r) {
+          const TensorView xr(static_cast<char*>(x.data()) + r * K * 2, {1, K}, dt, kGpu);
+          alone.push_back(quantized_matmul(xr, q.w_q, q.scales, q.biases, true, 64, 4, opts).to(Device::cpu()));
+        }
+        for (std::int64_t M = 1; M <= 16; ++M) {
+          const TensorView xm(x.data(), {M, K}, dt, kGpu);
+          const Tensor out = quantized_matmul(xm, q.w_q, q.scales, q.biases, true, 64, 4, opts).to(Device::cpu());
+          for (std::int64_t r = 0; r < M; ++r) {
+            const Tensor row = Tensor::empty({1, N}, dt);
+            std::memcpy(row.data(), static_cast<char*>(out.data()) + r * N * 2, static_cast<std::size_t>(N) * 2);
+            ASSERT_TRUE(bitwise_equal(alone[static_cast<std::size_t>(r)], row)) << "M=" << M << " row " << r;
+          }
         }
       }
     }
-  }
   }
 }
 
@@ -299,34 +299,34 @@ TEST(CudaMatmul, BatchedAndBroadcastInputs) {
 TEST(CudaMatmul, CapturableInCudaGraph) {
   QMM_REQUIRE_GPU();
   for (const std::string kernel : {"", "qmv_tma", "qmv_mma"}) {
-  if (!device_runs(kernel)) continue;
-  SCOPED_TRACE("kernel '" + kernel + "'");
-  std::mt19937 rng(31);
-  const Dtype dt = Dtype::float16;
-  const QuantizedWeights q = quantize(random_tensor({1024, 5120}, dt, rng, 0.5f).to(kGpu), 64, 4);
-  const Tensor x = random_tensor({3, 5120}, dt, rng).to(kGpu);
-  CallOptions opts;
-  opts.kernel = kernel;
-  const Tensor eager = quantized_matmul(x, q.w_q, q.scales, q.biases, true, 64, 4, opts);
-  cudaStream_t stream = nullptr;
-  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
-  opts.stream.handle = stream;
-  const Tensor out = poisoned_on({3, 1024}, dt, kGpu);
-  quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts);  // allocates the workspace
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  const Tensor graph_out = poisoned_on({3, 1024}, dt, kGpu);
-  cudaGraph_t graph = nullptr;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  quantized_matmul_into(x, q.w_q, q.scales, q.biases, graph_out, true, 64, 4, opts);
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cudaGraphExec_t exec = nullptr;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  EXPECT_TRUE(bitwise_equal(eager.to(Device::cpu()), graph_out.to(Device::cpu())));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+    if (!device_runs(kernel)) continue;
+    SCOPED_TRACE("kernel '" + kernel + "'");
+    std::mt19937 rng(31);
+    const Dtype dt = Dtype::float16;
+    const QuantizedWeights q = quantize(random_tensor({1024, 5120}, dt, rng, 0.5f).to(kGpu), 64, 4);
+    const Tensor x = random_tensor({3, 5120}, dt, rng).to(kGpu);
+    CallOptions opts;
+    opts.kernel = kernel;
+    const Tensor eager = quantized_matmul(x, q.w_q, q.scales, q.biases, true, 64, 4, opts);
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    opts.stream.handle = stream;
+    const Tensor out = poisoned_on({3, 1024}, dt, kGpu);
+    quantized_matmul_into(x, q.w_q, q.scales, q.biases, out, true, 64, 4, opts);  // allocates the workspace
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const Tensor graph_out = poisoned_on({3, 1024}, dt, kGpu);
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    quantized_matmul_into(x, q.w_q, q.scales, q.biases, graph_out, true, 64, 4, opts);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_TRUE(bitwise_equal(eager.to(Device::cpu()), graph_out.to(Device::cpu())));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
   }
 }
 #endif
