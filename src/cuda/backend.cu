@@ -85,10 +85,6 @@ cuda_dispatch::KernelConfig config_for(const MatmulProblem& p, const std::string
   }
   auto c = cuda_dispatch::choose(shape, device);
   // Misaligned views (e.g. a slice of a larger buffer) step down to a kernel that can read them.
-  if (c.family == Family::qmv_tma && !tma_aligned(p)) {
-    c.family = Family::qmv_mma;
-    c.blocks = cuda_dispatch::stream_k_blocks(shape, device, cuda_dispatch::mma_blocks_per_sm(c.token_tiles));
-  }
   if (c.family == Family::qmv_mma && !mma_aligned(p)) c.family = Family::qmv_warp_rows;
   return c;
 }

@@ -57,15 +57,20 @@ bool tma_supported(const ProblemShape& p, const DeviceShape& d) {
 
 bool staged_supported(const ProblemShape& p) { return mma_supported(p) && (p.bits == 4 || p.bits == 8); }
 
+namespace {
+/// (row block, K item) pairs of the stream-K split.
+std::int64_t stream_k_items(const ProblemShape& p, int item_values) {
+  return ((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((p.K + item_values - 1) / item_values);
+}
+}  // namespace
+
 int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_sm, int item_values) {
-  const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
-  const std::int64_t segments = (p.K + item_values - 1) / item_values;
   // One block per resident slot, but at least kMinItemsPerBlock items per block: on small
   // layers (5120 -> 1024: 320 items) one item per block made every row block a 40-way fixup that
   // cost more than the SMs it filled (bench/NOTES.md). Depends on N, K and the device only:
   // token_tiles 1 and 2 share the count, so M = 1..16 reduce identically.
   const std::int64_t slots = static_cast<std::int64_t>(d.multiprocessors) * blocks_per_sm;
-  const std::int64_t items = row_blocks * segments;
+  const std::int64_t items = stream_k_items(p, item_values);
   return static_cast<int>(std::max<std::int64_t>(1, std::min(slots, items / kMinItemsPerBlock)));
 }
 
@@ -85,33 +90,21 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   return c;
 }
 
-KernelConfig forced(const std::string& name, const ProblemShape& p, const DeviceShape& d) {
+KernelConfig forced(const std::string& requested, const ProblemShape& p, const DeviceShape& d) {
+  // A family name stands for the token-tile configuration dispatch would pick for this M.
+  const std::string name = requested == kTmaFamily   ? tma_name(p.M <= 8 ? 1 : 2)
+                           : requested == kMmaFamily ? mma_name(token_tiles_for(p.M))
+                                                     : requested;
   if (name == kColumns) {
     if (p.transpose) throw Error("[quantized_matmul] kernel qvm_columns needs transpose=false");
     return KernelConfig{Family::qvm_columns, 1, 0};
-  }
-  if (name == kTmaFamily) {
-    if (!tma_supported(p, d)) {
-      throw Error("[quantized_matmul] kernel qmv_tma needs an sm_90 device, transpose=true, K a multiple of 256 and "
-                  "float16 or bfloat16 x with scales of the same dtype");
-    }
-    const int t = p.M <= 8 ? 1 : 2;
-    return KernelConfig{Family::qmv_tma, t, stream_k_blocks(p, d, kTmaBlocksPerSm, kTmaItemValues)};
-  }
-  if (name == kMmaFamily) {
-    if (!mma_supported(p)) {
-      throw Error("[quantized_matmul] kernel qmv_mma needs transpose=true and float16 or bfloat16 x with scales of the "
-                  "same dtype");
-    }
-    const int t = token_tiles_for(p.M);
-    return KernelConfig{Family::qmv_mma, t, stream_k_blocks(p, d, mma_blocks_per_sm(t))};
   }
   if (name == kWarpRows) {
     if (!p.transpose) throw Error("[quantized_matmul] kernel qmv_warp_rows needs transpose=true");
     return KernelConfig{Family::qmv_warp_rows, 1, 0};
   }
-  // qmv_staged_m<rows>[_b<blocks>] and qmv_mma_m<rows>[_b<blocks>]: the token tile and,
-  // optionally, the stream-K block count.
+  // qmv_{tma,staged,mma}_m<rows>[_b<blocks>]: the token tile and, optionally, the stream-K
+  // block count.
   for (const Family family : {Family::qmv_tma, Family::qmv_staged, Family::qmv_mma}) {
     for (int t : kTokenTileChoices) {
       if (family == Family::qmv_tma && t > 2) continue;
@@ -151,8 +144,7 @@ KernelConfig forced(const std::string& name, const ProblemShape& p, const Device
       }
       // More blocks than items would leave blocks without work, which the last-arriver fixup
       // counts on: a forced count is capped at the item count.
-      const int item_values = family == Family::qmv_tma ? kTmaItemValues : kMmaSegment;
-      const std::int64_t items = ((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((p.K + item_values - 1) / item_values);
+      const std::int64_t items = stream_k_items(p, family == Family::qmv_tma ? kTmaItemValues : kMmaSegment);
       return KernelConfig{family, t, static_cast<int>(std::min<std::int64_t>(blocks, std::max<std::int64_t>(1, items)))};
     }
   }

@@ -17,6 +17,7 @@
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
 #include "src/cuda/qmv_mma_segment.cuh"
+#include "src/cuda/static_dispatch.cuh"
 #include "src/cuda/stream_k.cuh"
 #include "src/cuda/workspace.h"
 #include "src/format/affine.h"
@@ -113,109 +114,38 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   }
 }
 
-template <typename T, int Bits, int TokenTiles>
-void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  MmaParams q = qmm::cuda::stream_k::make_params(p, config.blocks);
-  qmm::cuda::stream_k::bind_workspace(q, stream, p, config);
-  const int rows_per_pass = 8 * TokenTiles;
-  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
-    q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
-    q.x = static_cast<const T*>(p.x) + m0 * p.K;
-    q.out = static_cast<T*>(p.out) + m0 * p.N;
-    qmv_mma_kernel<T, Bits, TokenTiles><<<config.blocks, kMmaThreads, 0, stream>>>(q);
-    QMM_CUDA_CHECK_LAUNCH();
-  }
-}
+using KernelFn = void (*)(MmaParams);
 
-template <typename T, int TokenTiles>
-void launch_bits(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  switch (p.w.bits) {
-    case 2:
-      return launch_typed<T, 2, TokenTiles>(p, config, stream);
-    case 3:
-      return launch_typed<T, 3, TokenTiles>(p, config, stream);
-    case 4:
-      return launch_typed<T, 4, TokenTiles>(p, config, stream);
-    case 5:
-      return launch_typed<T, 5, TokenTiles>(p, config, stream);
-    case 6:
-      return launch_typed<T, 6, TokenTiles>(p, config, stream);
-    case 8:
-      return launch_typed<T, 8, TokenTiles>(p, config, stream);
-    default:
-      throw std::logic_error("qmv_mma: unsupported bits reached the launcher");
-  }
-}
-
-template <typename T>
-void launch_dtype(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  switch (config.token_tiles) {
-    case 1:
-      return launch_bits<T, 1>(p, config, stream);
-    case 2:
-      return launch_bits<T, 2>(p, config, stream);
-    case 4:
-      return launch_bits<T, 4>(p, config, stream);
-    case 8:
-      return launch_bits<T, 8>(p, config, stream);
-    default:
-      throw std::logic_error("qmv_mma: unsupported token tile count");
-  }
-}
-
-template <typename T, int Bits, int TokenTiles>
-const void* kernel_symbol() {
-  return reinterpret_cast<const void*>(&qmv_mma_kernel<T, Bits, TokenTiles>);
-}
-
-template <typename T, int TokenTiles>
-const void* symbol_bits(int bits) {
-  switch (bits) {
-    case 2:
-      return kernel_symbol<T, 2, TokenTiles>();
-    case 3:
-      return kernel_symbol<T, 3, TokenTiles>();
-    case 4:
-      return kernel_symbol<T, 4, TokenTiles>();
-    case 5:
-      return kernel_symbol<T, 5, TokenTiles>();
-    case 6:
-      return kernel_symbol<T, 6, TokenTiles>();
-    default:
-      return kernel_symbol<T, 8, TokenTiles>();
-  }
-}
-
-template <typename T>
-const void* symbol_tiles(int bits, int tiles) {
-  switch (tiles) {
-    case 1:
-      return symbol_bits<T, 1>(bits);
-    case 2:
-      return symbol_bits<T, 2>(bits);
-    case 4:
-      return symbol_bits<T, 4>(bits);
-    default:
-      return symbol_bits<T, 8>(bits);
-  }
+/// The instantiation for this problem's activation dtype and bits and the configuration's token
+/// tiles (launch and occupancy query share it).
+KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
+  return qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
+    using T = typename decltype(dtype)::type;
+    return qmm::cuda::with_token_tiles<1, 2, 4, 8>(token_tiles, [&](auto tiles) {
+      return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
+        return &qmv_mma_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
+      });
+    });
+  });
 }
 
 }  // namespace
 
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
-  const void* fn = p.x_dtype == Dtype::bfloat16 ? symbol_tiles<__nv_bfloat16>(p.w.bits, config.token_tiles)
-                                                : symbol_tiles<__half>(p.w.bits, config.token_tiles);
   int blocks = 0;
-  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kMmaThreads, 0));
+  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, reinterpret_cast<const void*>(kernel_for(p, config.token_tiles)), kMmaThreads, 0));
   return blocks;
 }
 
 void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  if (p.x_dtype == Dtype::bfloat16) {
-    launch_dtype<__nv_bfloat16>(p, config, stream);
-  } else {
-    launch_dtype<__half>(p, config, stream);
-  }
+  const KernelFn kernel = kernel_for(p, config.token_tiles);
+  MmaParams q = qmm::cuda::stream_k::make_params(p, config.blocks);
+  qmm::cuda::stream_k::bind_workspace(q, stream, p, config);
+  qmm::cuda::stream_k::for_each_pass(q, p, 8 * config.token_tiles, [&](const MmaParams& pass) {
+    kernel<<<config.blocks, kMmaThreads, 0, stream>>>(pass);
+    QMM_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace qmm::detail

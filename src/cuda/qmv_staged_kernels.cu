@@ -497,7 +497,6 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
   }
 }
 
-/// Opts a kernel into more than 48 KB of dynamic shared memory, once per (kernel, device).
 struct KernelRef {
   const void* fn;
   int smem_bytes;
@@ -547,16 +546,11 @@ void launch_qmv_staged(const MatmulProblem& p, const cuda_dispatch::KernelConfig
   allow_dynamic_smem(k.fn, k.smem_bytes);
   sk::Params q = sk::make_params(p, config.blocks);
   sk::bind_workspace(q, stream, p, config);
-  const int rows_per_pass = 8 * config.token_tiles;
-  const std::size_t x_item = itemsize(p.x_dtype);
-  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
-    q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
-    q.x = static_cast<const char*>(p.x) + m0 * p.K * static_cast<std::int64_t>(x_item);
-    q.out = static_cast<char*>(p.out) + m0 * p.N * static_cast<std::int64_t>(x_item);
-    void* args[] = {&q};
+  sk::for_each_pass(q, p, 8 * config.token_tiles, [&](sk::Params& pass) {
+    void* args[] = {&pass};
     QMM_CUDA_CHECK(cudaLaunchKernel(k.fn, dim3(config.blocks), dim3(kMmaThreads), args,
                                     static_cast<std::size_t>(k.smem_bytes), stream));
-  }
+  });
 }
 
 }  // namespace qmm::detail

@@ -2,22 +2,21 @@
 // transpose=true (W is N x K), fp16/bf16 activations with scales of the same dtype, any bits,
 // K a multiple of 256, up to 16 rows of x per pass.
 //
-// Why (bench/NOTES.md, v5/v6): qmv_mma keeps only the next segment's loads in flight, in
-// registers, and ncu shows it waiting on global memory (long-scoreboard stalls, ~40 % of DRAM
-// bandwidth). Here one producer warp per block moves whole tiles with TMA into a ring of
-// shared-memory stages, up to kTmaMaxStages items ahead; the bytes in flight no longer depend on
-// registers or on how far the computing warps have got, and the copies cost the computing warps
-// no instructions.
+// Why it was built (bench/NOTES.md, v5/v6): qmv_mma keeps only the next segment's loads in
+// flight, in registers, and ncu showed it waiting on global memory. Here one producer warp per
+// block moves whole tiles with TMA into a ring of shared-memory stages, up to kTmaMaxStages items
+// ahead, at no instruction cost to the computing warps. Measured (v7): slower than qmv_mma on the
+// large H100 shapes — both are compute bound — so dispatch never picks it; it is reached by name.
 //
 // Block: warps 0-3 compute exactly as qmv_mma does (same k mapping, same SegmentLoad and
 // compute_segment from qmv_mma_segment.cuh, so the products are bit-identical to qmv_mma's for
 // the same split), reading their chunks and scales from shared memory; warp 4 is the producer.
-// Item: (128-row block, 256-value K slice) = one stage: two TMA boxes of 128 rows x 128 values
+// Item: (128-row block, 256-value K slice) = one stage: one TMA box of 128 rows x 256 values
 // (rows past N are zero-filled by the TMA), plus the rows' scales and biases for the slice, which
 // the producer's lanes copy with cp.async (rows past N copy row N-1: finite values whose
 // outputs are never stored). Stage handoff: a "full" mbarrier per stage (the TMA bytes as a
-// transaction count, plus one arrival per producer lane once its scale copies have landed) and an "empty" mbarrier (one
-// arrival per consumer warp).
+// transaction count, plus one arrival per producer lane once its scale copies have landed) and
+// an "empty" mbarrier (one arrival per consumer warp).
 //
 // Work split: stream-K over items (stream_k.cuh, items of 256 values), one block count for
 // M = 1..16 (batch invariance); partial row blocks are reduced by the last arriving block in
@@ -38,6 +37,7 @@
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
 #include "src/cuda/qmv_mma_segment.cuh"
+#include "src/cuda/static_dispatch.cuh"
 #include "src/cuda/stream_k.cuh"
 #include "src/format/affine.h"
 
@@ -54,32 +54,30 @@ using cuda_dispatch::kTmaMaxStages;
 using cuda_dispatch::kTmaThreads;
 
 
-/// Where things sit in one stage (byte offsets; G = groups per stage = kTmaItemValues / group_size).
-/// Computed on the host and passed to the kernel. The weights of a stage are one TMA box of 128
-/// rows x 128 bytes (4-bit), so each row's bytes of the stage are one contiguous request.
+/// A stage's weights: one TMA box of 128 rows x kTmaItemValues values (128 bytes per row at 4
+/// bits), each row's bytes of the stage one contiguous request.
+template <int Bits>
+struct StageWeights {
+  static constexpr int kSegments = kTmaItemValues / kMmaSegment;  // 128-value segments per stage
+  static constexpr int kRowBytes = kTmaItemValues * Bits / 8;
+  static constexpr int kBoxBytes = kMmaRowsPerBlock * kRowBytes;  // also where the scales start
+};
+
+/// The rest of a stage, which depends on the group size (computed on the host, passed to the
+/// kernel): after the weights, [128 rows][G] scales then [128 rows][G] biases, G = groups per stage.
 struct StageGeometry {
-  int segments;   // 128-value segments per stage (slice values / 128)
-  int row_bytes;  // one row's weights in a stage (one TMA box row)
-  int box_bytes;  // the stage's TMA box: 128 rows x row_bytes
-  int groups;     // G
-  int scales_at;  // [128 rows][G] scales
-  int biases_at;  // [128 rows][G] biases
+  int groups;     // G = kTmaItemValues / group_size
+  int biases_at;  // byte offset of the biases in a stage
   int stage_bytes;
   int stages;
 };
 
-StageGeometry stage_geometry(int bits, int group_size, int scale_bytes) {
+StageGeometry stage_geometry(int bits, int group_size) {
   StageGeometry g{};
-  const int slice = kTmaItemValues;
-  const int budget = cuda_dispatch::kTmaStageBudgetBytes;
-  g.segments = slice / kMmaSegment;
-  g.row_bytes = slice * bits / 8;
-  g.box_bytes = kMmaRowsPerBlock * g.row_bytes;
-  g.groups = slice / group_size;
-  g.scales_at = g.box_bytes;
-  g.biases_at = g.scales_at + kMmaRowsPerBlock * g.groups * scale_bytes;
-  g.stage_bytes = g.biases_at + kMmaRowsPerBlock * g.groups * scale_bytes;
-  g.stages = std::max(1, std::min(kTmaMaxStages, budget / g.stage_bytes));
+  g.groups = kTmaItemValues / group_size;
+  g.biases_at = kMmaRowsPerBlock * kTmaItemValues * bits / 8 + kMmaRowsPerBlock * g.groups * 2;
+  g.stage_bytes = cuda_dispatch::tma_stage_bytes(bits, group_size);
+  g.stages = cuda_dispatch::tma_pipeline_stages(bits, group_size);
   return g;
 }
 
@@ -163,7 +161,7 @@ __device__ __forceinline__ mma::Chunk<Bits> load_chunk_shared(const unsigned cha
 // ---- the kernel ------------------------------------------------------------------------------
 
 /// Producer (warp 4): for each item of this block's run, wait until its stage is free, then
-/// start the two weight boxes (lane 0) and the scale and bias copies (all lanes).
+/// start the weight box (lane 0) and the scale and bias copies (all lanes).
 template <typename T, int Bits>
 __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* map, const StageGeometry& geo,
                                         unsigned char* stages, std::uint32_t full0, std::uint32_t empty0,
@@ -174,6 +172,7 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
   int stage = 0;
   std::uint32_t round_parity = 0;
   std::uint32_t previous_full = 0;  // full barrier of the stage whose scales are not announced yet
+  bool announce_previous = false;
   for (std::int64_t it = start; it < end; ++it) {
     const int rb = static_cast<int>(it / p.segments);
     const int slice = static_cast<int>(it - static_cast<std::int64_t>(rb) * p.segments);
@@ -182,24 +181,20 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
     mbar_wait(empty0 + 8 * stage, round_parity ^ 1);
     const std::uint32_t dst = smem_u32(stages + static_cast<std::size_t>(stage) * geo.stage_bytes);
     if (lane == 0) {
-      mbar_arrive_expect_tx(full, geo.box_bytes);
-      tma_load_2d(dst, map, slice * (geo.row_bytes / 4), rb * kMmaRowsPerBlock, full);
+      mbar_arrive_expect_tx(full, StageWeights<Bits>::kBoxBytes);
+      tma_load_2d(dst, map, slice * (StageWeights<Bits>::kRowBytes / 4), rb * kMmaRowsPerBlock, full);
     }
-    const int row_bytes = geo.groups * static_cast<int>(sizeof(T));
+    const int scale_row_bytes = geo.groups * static_cast<int>(sizeof(T));  // 16, 8 or 4 (groups 32, 64, 128)
 #pragma unroll
     for (int i = 0; i < kMmaRowsPerBlock / 32; ++i) {
       const int r = lane + 32 * i;
       const int n = min(rb * kMmaRowsPerBlock + r, p.N - 1);
       const std::int64_t at = static_cast<std::int64_t>(n) * p.groups_per_row + static_cast<std::int64_t>(slice) * geo.groups;
-      const std::uint32_t s_dst = dst + geo.scales_at + r * row_bytes;
-      const std::uint32_t b_dst = dst + geo.biases_at + r * row_bytes;
-      // row_bytes is 2 * slice / group_size: 4, 8, or a multiple of 16.
-      if (row_bytes >= 16) {
-        for (int o = 0; o < row_bytes; o += 16) {
-          cp_async<16>(s_dst + o, reinterpret_cast<const char*>(scales + at) + o);
-          cp_async<16>(b_dst + o, reinterpret_cast<const char*>(biases + at) + o);
-        }
-      } else if (row_bytes == 8) {
+      const std::uint32_t s_dst = dst + StageWeights<Bits>::kBoxBytes + r * scale_row_bytes;
+      const std::uint32_t b_dst = dst + geo.biases_at + r * scale_row_bytes;
+      if (scale_row_bytes == 16) {
+        cp_async<16>(s_dst, scales + at), cp_async<16>(b_dst, biases + at);
+      } else if (scale_row_bytes == 8) {
         cp_async<8>(s_dst, scales + at), cp_async<8>(b_dst, biases + at);
       } else {
         cp_async<4>(s_dst, scales + at), cp_async<4>(b_dst, biases + at);
@@ -210,22 +205,22 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
     // stage of scale copies in flight without a per-stage round trip; with at least 2 stages
     // the consumers never wait on a stage whose announcement needs a free slot.
     cp_async_commit();
-    if (previous_full != 0) {
+    if (announce_previous) {
       cp_async_wait_all_but_one();
       mbar_arrive(previous_full);
     }
     previous_full = full;
+    announce_previous = true;
     if (++stage == geo.stages) stage = 0, round_parity ^= 1;
   }
   cp_async_wait_all();
-  if (previous_full != 0) mbar_arrive(previous_full);
+  if (announce_previous) mbar_arrive(previous_full);
 }
 #endif
 
 template <typename T, int Bits, int TokenTiles>
 __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
-    qmv_tma_kernel(const sk::Params p, const __grid_constant__ CUtensorMap map, const StageGeometry geo,
-                   int group_size) {
+    qmv_tma_kernel(const sk::Params p, const __grid_constant__ CUtensorMap map, const StageGeometry geo) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) unsigned char stages[];
   __shared__ __align__(8) std::uint64_t full_bars[kTmaMaxStages];
@@ -270,22 +265,24 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
     for (int slice = s0; slice < s1; ++slice) {
       mbar_wait(full0 + 8 * stage, round_parity);
       const unsigned char* st = stages + static_cast<std::size_t>(stage) * geo.stage_bytes;
-      const T* s_smem = reinterpret_cast<const T*>(st + geo.scales_at);
+      const T* s_smem = reinterpret_cast<const T*>(st + StageWeights<Bits>::kBoxBytes);
       const T* b_smem = reinterpret_cast<const T*>(st + geo.biases_at);
-#pragma unroll 2
-      for (int half = 0; half < geo.segments; ++half) {
+#pragma unroll
+      for (int half = 0; half < StageWeights<Bits>::kSegments; ++half) {
         mma::SegmentLoad<T, Bits> L;
-        const int g = (half * kMmaSegment + 32 * c) / group_size;
+        const int g = (half * kMmaSegment + 32 * c) >> p.group_shift;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int r = warp * 32 + i * 8 + row_in_8;
-          L.chunk[i] = load_chunk_shared<Bits>(st + r * geo.row_bytes + half * (16 * Bits) + c * (4 * Bits));
+          L.chunk[i] =
+              load_chunk_shared<Bits>(st + r * StageWeights<Bits>::kRowBytes + half * (16 * Bits) + c * (4 * Bits));
           const T s = s_smem[r * geo.groups + g];
           const T b = b_smem[r * geo.groups + g];
           L.s2[i] = T2{s, s};
           L.b2[i] = T2{b, b};
         }
-        mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, slice * geo.segments + half, c, row_in_8);
+        mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, slice * StageWeights<Bits>::kSegments + half, c,
+                                                  row_in_8);
       }
       // Every lane's reads of this stage are done (their values are in registers and used).
       __syncwarp();
@@ -337,78 +334,46 @@ CUtensorMap weight_map(const MatmulProblem& p) {
   return map;
 }
 
-template <typename T, int Bits, int TokenTiles>
-void launch_typed(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  const StageGeometry geo = stage_geometry(Bits, p.w.group_size, sizeof(T));
-  const int smem = geo.stages * geo.stage_bytes;
-  auto* kernel = &qmv_tma_kernel<T, Bits, TokenTiles>;
+using KernelFn = void (*)(sk::Params, CUtensorMap, StageGeometry);
+
+/// The instantiation for this problem's activation dtype and bits and the configuration's token
+/// tiles, opted in to its shared memory (launch and occupancy query share it).
+KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
+  const KernelFn kernel = qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
+    using T = typename decltype(dtype)::type;
+    return qmm::cuda::with_token_tiles<1, 2>(token_tiles, [&](auto tiles) {
+      return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
+        return &qmv_tma_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
+      });
+    });
+  });
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), cuda_dispatch::kTmaStageBudgetBytes);
-  sk::Params q = sk::make_params(p, config.blocks);
-  q.segments = static_cast<int>(p.K / kTmaItemValues);  // items per row block
-  sk::bind_workspace(q, stream, p, config);
-  const CUtensorMap map = weight_map(p);
-  const int rows_per_pass = 8 * TokenTiles;
-  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
-    q.M = static_cast<int>(std::min<std::int64_t>(rows_per_pass, p.M - m0));
-    q.x = static_cast<const T*>(p.x) + m0 * p.K;
-    q.out = static_cast<T*>(p.out) + m0 * p.N;
-    kernel<<<q.blocks, kTmaThreads, smem, stream>>>(q, map, geo, p.w.group_size);
-    QMM_CUDA_CHECK_LAUNCH();
-  }
-}
-
-template <typename T, int TokenTiles>
-void launch_bits(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  switch (p.w.bits) {
-    case 2:
-      return launch_typed<T, 2, TokenTiles>(p, config, stream);
-    case 3:
-      return launch_typed<T, 3, TokenTiles>(p, config, stream);
-    case 4:
-      return launch_typed<T, 4, TokenTiles>(p, config, stream);
-    case 5:
-      return launch_typed<T, 5, TokenTiles>(p, config, stream);
-    case 6:
-      return launch_typed<T, 6, TokenTiles>(p, config, stream);
-    case 8:
-      return launch_typed<T, 8, TokenTiles>(p, config, stream);
-    default:
-      throw std::logic_error("qmv_tma: unsupported bits reached the launcher");
-  }
-}
-
-template <typename T>
-void launch_dtype(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  if (config.token_tiles == 1) return launch_bits<T, 1>(p, config, stream);
-  if (config.token_tiles == 2) return launch_bits<T, 2>(p, config, stream);
-  throw std::logic_error("qmv_tma: unsupported token tile count");
+  return kernel;
 }
 
 }  // namespace
 
 int qmv_tma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
-  const StageGeometry geo = stage_geometry(p.w.bits, p.w.group_size, 2);
-  const void* fn = nullptr;
-  // Register use is what differs between instantiations; 4-bit stands for the family here.
-  if (p.x_dtype == Dtype::bfloat16) {
-    fn = config.token_tiles == 1 ? reinterpret_cast<const void*>(&qmv_tma_kernel<__nv_bfloat16, 4, 1>)
-                                 : reinterpret_cast<const void*>(&qmv_tma_kernel<__nv_bfloat16, 4, 2>);
-  } else {
-    fn = config.token_tiles == 1 ? reinterpret_cast<const void*>(&qmv_tma_kernel<__half, 4, 1>)
-                                 : reinterpret_cast<const void*>(&qmv_tma_kernel<__half, 4, 2>);
-  }
-  allow_dynamic_smem(fn, cuda_dispatch::kTmaStageBudgetBytes);
+  const StageGeometry geo = stage_geometry(p.w.bits, p.w.group_size);
   int blocks = 0;
-  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kTmaThreads, geo.stages * geo.stage_bytes));
+  QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, reinterpret_cast<const void*>(kernel_for(p, config.token_tiles)), kTmaThreads,
+      static_cast<std::size_t>(geo.stages) * geo.stage_bytes));
   return blocks;
 }
 
 void launch_qmv_tma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  if (p.x_dtype == Dtype::bfloat16) {
-    launch_dtype<__nv_bfloat16>(p, config, stream);
-  } else {
-    launch_dtype<__half>(p, config, stream);
-  }
+  const KernelFn kernel = kernel_for(p, config.token_tiles);
+  const StageGeometry geo = stage_geometry(p.w.bits, p.w.group_size);
+  const auto smem = static_cast<std::size_t>(geo.stages) * geo.stage_bytes;
+  sk::Params q = sk::make_params(p, config.blocks);
+  q.segments = static_cast<int>(p.K / kTmaItemValues);  // items per row block
+  sk::bind_workspace(q, stream, p, config);
+  const CUtensorMap map = weight_map(p);
+  sk::for_each_pass(q, p, 8 * config.token_tiles, [&](const sk::Params& pass) {
+    kernel<<<config.blocks, kTmaThreads, smem, stream>>>(pass, map, geo);
+    QMM_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace qmm::detail

@@ -210,6 +210,19 @@ inline std::size_t workspace_bytes(const detail::MatmulProblem& p, const detail:
   return counters_bytes(q.row_blocks) + static_cast<std::size_t>(config.blocks) * 2 * fragment_bytes;
 }
 
+/// Calls launch(q) once per pass of up to rows_per_pass rows of x, with q.M, q.x and q.out set
+/// for the pass (x and out share the activation dtype in the tensor-core families).
+template <typename Launch>
+void for_each_pass(Params& q, const detail::MatmulProblem& p, int rows_per_pass, Launch&& launch) {
+  const auto item = static_cast<std::int64_t>(itemsize(p.x_dtype));
+  for (std::int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
+    q.M = static_cast<int>(p.M - m0 < rows_per_pass ? p.M - m0 : rows_per_pass);
+    q.x = static_cast<const char*>(p.x) + m0 * p.K * item;
+    q.out = static_cast<char*>(p.out) + m0 * p.N * item;
+    launch(q);
+  }
+}
+
 /// Points q at this stream's workspace (allocated once per stream, reused by every call).
 inline void bind_workspace(Params& q, cudaStream_t stream, const detail::MatmulProblem& p,
                            const detail::cuda_dispatch::KernelConfig& config) {
