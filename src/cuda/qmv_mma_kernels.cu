@@ -51,17 +51,14 @@ template <typename T, int Bits>
 __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
                                              const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                              const T* const (&brow)[4], int seg, int c) {
-  using T2 = typename mma::Types<T>::T2;
   const int k_chunk = seg * kMmaSegment + 32 * c;
   if (k_chunk < p.K) {
     const int g = k_chunk >> p.group_shift;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       L.chunk[i] = mma::load_chunk<Bits>(wrow[i] + static_cast<std::int64_t>(seg * 4 + c) * Bits);
-      const T s = srow[i][g];
-      const T b = brow[i][g];
-      L.s2[i] = T2{s, s};
-      L.b2[i] = T2{b, b};
+      L.s[i] = srow[i][g];
+      L.b[i] = brow[i][g];
     }
   } else {
     // K tail: zero weights (q = 0, s = 0, b = 0) so the MMA adds exact zeros.
@@ -69,8 +66,8 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
       for (int w = 0; w < Bits; ++w) L.chunk[i].w[w] = 0;
-      L.s2[i] = mma::as_t2<T2>(0u);
-      L.b2[i] = mma::as_t2<T2>(0u);
+      L.s[i] = T(0.0f);
+      L.b[i] = T(0.0f);
     }
   }
 }
@@ -241,8 +238,8 @@ __device__ __forceinline__ void read_item(SegmentLoad<T, Bits>& L, const unsigne
       }
     }
     const uint2 sb = *reinterpret_cast<const uint2*>(stage + R::scale_offset(i, tid));
-    L.s2[i] = mma::as_t2<T2>(__byte_perm(sb.x, 0, s_select));
-    L.b2[i] = mma::as_t2<T2>(__byte_perm(sb.y, 0, b_select));
+    L.s[i] = mma::as_t2<T2>(__byte_perm(sb.x, 0, s_select)).x;
+    L.b[i] = mma::as_t2<T2>(__byte_perm(sb.y, 0, b_select)).x;
   }
 }
 

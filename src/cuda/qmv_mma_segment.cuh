@@ -16,12 +16,15 @@
 namespace qmm::cuda::mma {
 
 /// A thread's share of one segment: chunk c (32 values) of rows r, r+8, r+16, r+24 of its warp,
-/// with each row's scale and bias for that chunk (a chunk never crosses a group).
+/// with each row's scale and bias for that chunk (a chunk never crosses a group). Scale and
+/// bias stay scalars here and become the (s, s) / (b, b) pairs only in compute_segment: built
+/// where the segment is loaded, the pair made the warp wait for the scale load at once and
+/// undid the double buffer (~30 % of qmv_mma's stall samples, bench/NOTES.md v8).
 template <typename T, int Bits>
 struct SegmentLoad {
   Chunk<Bits> chunk[4];  // rows r, r+8, r+16, r+24 of this warp
-  typename Types<T>::T2 s2[4];
-  typename Types<T>::T2 b2[4];
+  T s[4];
+  T b[4];
 };
 
 /// MMAs of one 128-value segment. x is read straight from global memory (it is small and hot in
@@ -34,6 +37,10 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
   const T* x = static_cast<const T*>(p.x);
   // In a register, so the 4-bit path merges mask and magic into one LOP3.
   const std::uint32_t magic = pair_magic<T, Bits>();
+  using T2 = typename Types<T>::T2;
+  T2 s2[4], b2[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) s2[i] = T2{L.s[i], L.s[i]}, b2[i] = T2{L.b[i], L.b[i]};
 #pragma unroll
   for (int pair = 0; pair < 4; ++pair) {
     // B fragments for the two steps of this pair, per token tile (see mma_fragments.cuh).
@@ -56,10 +63,10 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
       for (int tile = 0; tile < 2; ++tile) {
         const int r0 = 2 * tile, r8 = 2 * tile + 1;
         std::uint32_t a[4];
-        a[0] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), L.s2[r0], L.b2[r0]);
-        a[1] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), L.s2[r8], L.b2[r8]);
-        a[2] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), L.s2[r0], L.b2[r0]);
-        a[3] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), L.s2[r8], L.b2[r8]);
+        a[0] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), s2[r0], b2[r0]);
+        a[1] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), s2[r8], b2[r8]);
+        a[2] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), s2[r0], b2[r0]);
+        a[3] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), s2[r8], b2[r8]);
 #pragma unroll
         for (int t = 0; t < TokenTiles; ++t) {
           mma_16816<T>(acc[tile][t], a, bx[t][2 * step], bx[t][2 * step + 1]);

@@ -226,7 +226,6 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
   __shared__ __align__(8) std::uint64_t full_bars[kTmaMaxStages];
   __shared__ __align__(8) std::uint64_t empty_bars[kTmaMaxStages];
   __shared__ int s_is_last;
-  using T2 = typename mma::Types<T>::T2;
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -276,10 +275,8 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
           const int r = warp * 32 + i * 8 + row_in_8;
           L.chunk[i] =
               load_chunk_shared<Bits>(st + r * StageWeights<Bits>::kRowBytes + half * (16 * Bits) + c * (4 * Bits));
-          const T s = s_smem[r * geo.groups + g];
-          const T b = b_smem[r * geo.groups + g];
-          L.s2[i] = T2{s, s};
-          L.b2[i] = T2{b, b};
+          L.s[i] = s_smem[r * geo.groups + g];
+          L.b[i] = b_smem[r * geo.groups + g];
         }
         mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, slice * StageWeights<Bits>::kSegments + half, c,
                                                   row_in_8);
