@@ -47,7 +47,7 @@ using qmm::cuda::stream_k::item_start;
 using mma::SegmentLoad;
 using mma::compute_segment;
 
-template <typename T, int Bits>
+template <typename T, int Bits, bool L2Prefetch = false>
 __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
                                              const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                              const T* const (&brow)[4], int seg, int c) {
@@ -56,7 +56,7 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
     const int g = k_chunk >> p.group_shift;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      L.chunk[i] = mma::load_chunk<Bits>(wrow[i] + static_cast<std::int64_t>(seg * 4 + c) * Bits);
+      L.chunk[i] = mma::load_chunk<Bits, L2Prefetch>(wrow[i] + static_cast<std::int64_t>(seg * 4 + c) * Bits);
       L.s[i] = srow[i][g];
       L.b[i] = brow[i][g];
     }
@@ -72,9 +72,13 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   }
 }
 
-template <typename T, int Bits, int TokenTiles>
-__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
+// TEMPORARY experiment variants: bit 0 = L2::256B on weight loads, bit 1 = two segments ahead,
+// bit 2 = compiled for 3 blocks/SM (168 registers) with one segment ahead.
+template <typename T, int Bits, int TokenTiles, int Variant>
+__global__ void __launch_bounds__(kMmaThreads, (Variant & 6) ? 3 : cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_register_kernel(const MmaParams p) {
+  constexpr bool kHint = (Variant & 1) != 0;
+  constexpr bool kDeep = (Variant & 2) != 0;
   __shared__ int s_is_last;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -108,13 +112,32 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 
     // Register double buffer: the next segment's weight loads are in flight while this one
     // computes.
+    if constexpr (kDeep) {
+      SegmentLoad<T, Bits> L0, L1, L2;
+      load_segment<T, Bits, kHint>(L0, p, wrow, srow, brow, s0, c);
+      if (s0 + 1 < s1) load_segment<T, Bits, kHint>(L1, p, wrow, srow, brow, s0 + 1, c);
+      int seg = s0;
+      for (;;) {
+        if (seg >= s1) break;
+        if (seg + 2 < s1) load_segment<T, Bits, kHint>(L2, p, wrow, srow, brow, seg + 2, c);
+        compute_segment<T, Bits, TokenTiles>(acc, L0, p, seg, c, row_in_8);
+        if (++seg >= s1) break;
+        if (seg + 2 < s1) load_segment<T, Bits, kHint>(L0, p, wrow, srow, brow, seg + 2, c);
+        compute_segment<T, Bits, TokenTiles>(acc, L1, p, seg, c, row_in_8);
+        if (++seg >= s1) break;
+        if (seg + 2 < s1) load_segment<T, Bits, kHint>(L1, p, wrow, srow, brow, seg + 2, c);
+        compute_segment<T, Bits, TokenTiles>(acc, L2, p, seg, c, row_in_8);
+        ++seg;
+      }
+    } else {
     SegmentLoad<T, Bits> current;
-    load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
+    load_segment<T, Bits, kHint>(current, p, wrow, srow, brow, s0, c);
     for (int seg = s0; seg < s1; ++seg) {
       SegmentLoad<T, Bits> next;
-      if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+      if (seg + 1 < s1) load_segment<T, Bits, kHint>(next, p, wrow, srow, brow, seg + 1, c);
       compute_segment<T, Bits, TokenTiles>(acc, current, p, seg, c, row_in_8);
       if (seg + 1 < s1) current = next;
+    }
     }
 
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
@@ -313,14 +336,26 @@ using KernelFn = void (*)(MmaParams);
 /// The instantiation for this problem's activation dtype and bits and the configuration's token
 /// tiles (launch and occupancy query share it).
 KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
-  // TEMPORARY (v8 A/B on the H100): QMM_DEV_MMA_REGISTERS=1 runs the v5 register pipeline (4-bit).
-  static const bool registers = std::getenv("QMM_DEV_MMA_REGISTERS") != nullptr;
+  // TEMPORARY (v8 A/B on the H100): QMM_DEV_MMA_REGISTERS=<variant 0-3> runs the register pipeline (4-bit).
+  static const char* env = std::getenv("QMM_DEV_MMA_REGISTERS");
+  static const bool registers = env != nullptr;
+  static const int variant = env != nullptr ? std::atoi(env) : 0;
   return qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
     using T = typename decltype(dtype)::type;
     return qmm::cuda::with_token_tiles<1, 2, 4, 8>(token_tiles, [&](auto tiles) {
       return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
         if constexpr (decltype(bits)::value == 4) {
-          if (registers) return &qmv_mma_register_kernel<T, 4, std::decay_t<decltype(tiles)>::value>;
+          constexpr int kTiles = std::decay_t<decltype(tiles)>::value;
+          if (registers) {
+            switch (variant) {
+              case 1: return &qmv_mma_register_kernel<T, 4, kTiles, 1>;
+              case 2: return &qmv_mma_register_kernel<T, 4, kTiles, 2>;
+              case 3: return &qmv_mma_register_kernel<T, 4, kTiles, 3>;
+              case 4: return &qmv_mma_register_kernel<T, 4, kTiles, 4>;
+              case 5: return &qmv_mma_register_kernel<T, 4, kTiles, 5>;
+              default: return &qmv_mma_register_kernel<T, 4, kTiles, 0>;
+            }
+          }
         }
         return &qmv_mma_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
       });
