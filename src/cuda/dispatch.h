@@ -47,30 +47,14 @@ constexpr int kMmaRowsPerBlock = 128;
 constexpr int kMmaSegment = 128;
 constexpr int kMmaThreads = 128;
 
-/// qmv_mma's per-thread cp.async ring: bytes one stage (one item) takes for the whole block.
-/// Each thread stages its own 4 rows x 32 values of packed weights (4 * bits bytes per row)
-/// and, per row, the 4-byte words holding its scale and its bias.
-constexpr int mma_stage_bytes(int bits) { return kMmaThreads * 4 * (4 * bits + 8); }
-/// Shared memory qmv_mma's ring may use per block: an even share of the H100's 227 KB among the
-/// 3 blocks per SM it is launched with (sm_80's 164 KB holds 2-3 of them; fewer resident
-/// blocks only make the grid run in more waves).
-constexpr int kMmaRingBudgetBytes = 227 * 1024 / 3 - 1024;
-/// Stages of qmv_mma's ring: items in flight per thread, as many as the budget holds (2 to 4;
-/// 4-bit takes 4, 8-bit 3).
-constexpr int mma_pipeline_stages(int bits) {
-  const int fit = kMmaRingBudgetBytes / mma_stage_bytes(bits);
-  return fit < 2 ? 2 : fit > 4 ? 4 : fit;
-}
-
 /// Stream-K: fewest items per block (see stream_k_blocks). Measured on H100 for 5120 -> 1024
 /// (qmv_mma, M=1): 320 blocks of 1 item 13.7 us, 160 of 2 10.1 us, 80 of 4 9.7 us, 40 of 8 13.0 us.
 constexpr int kMinItemsPerBlock = 4;
 
-/// Minimum resident qmv_mma blocks per SM each kernel is compiled for (__launch_bounds__): four
-/// 128-thread blocks (128 registers) for one token tile, three (168 registers) for two, two
-/// for 32 and 64 tokens so their accumulators fit. Measured on H100 (bench/NOTES.md): warps
-/// beat registers for one tile; the second tile's extra accumulators and x loads need more.
-constexpr int mma_min_blocks_per_sm(int token_tiles) { return token_tiles == 1 ? 4 : token_tiles == 2 ? 3 : 2; }
+/// Minimum resident qmv_mma blocks per SM each kernel is compiled for (__launch_bounds__): three
+/// 128-thread blocks (168 registers) for up to 16 tokens, as many as mma_blocks_per_sm launches
+/// (a tighter cap would only spill), two for 32 and 64 tokens so their accumulators fit.
+constexpr int mma_min_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 : 2; }
 
 /// Stream-K blocks per SM (the grid is this times the SM count, at most one block per item).
 /// One and two token tiles share it, so the split, and with it every output bit, is the same

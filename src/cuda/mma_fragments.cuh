@@ -31,14 +31,10 @@ struct Chunk {
 
 /// Loads a chunk with the widest aligned vector loads its size allows (the row and chunk
 /// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base).
-template <int Bits, bool L2Prefetch = false>
+template <int Bits>
 __device__ __forceinline__ Chunk<Bits> load_chunk(const std::uint32_t* p) {
   Chunk<Bits> c;
-  if constexpr (Bits == 4 && L2Prefetch) {
-    asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(c.w[0]), "=r"(c.w[1]), "=r"(c.w[2]), "=r"(c.w[3])
-                 : "l"(p));
-  } else if constexpr (Bits == 4) {
+  if constexpr (Bits == 4) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
     c.w[0] = v.x, c.w[1] = v.y, c.w[2] = v.z, c.w[3] = v.w;
   } else if constexpr (Bits == 8) {

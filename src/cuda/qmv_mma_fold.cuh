@@ -1,0 +1,194 @@
+// qmv_mma's 4-bit arithmetic: the MMA multiplies x by exact integers and the scale and bias are
+// applied afterwards, once per quantization group, in fp32.
+//
+// Why: with the scale applied before the MMA (qmv_mma_segment.cuh) every pair of weights costs
+// shift + LOP3 + HSUB2 + HFMA2; here it costs shift + LOP3 (the first pair of a word not even the
+// shift). The kernel is issue bound (bench/NOTES.md, v8), so instructions per weight are time.
+//
+// The k mapping. A 128-value segment holds 128 / G groups (G = group size). Each thread of a
+// quad (c = lane % 4) owns G/4 contiguous values of every group of its rows, as 8-value units
+// u = 0..3: unit u lies in piece (group) u / P, P = G / 32 units per group, at
+//     k(u) = 128 seg + G (u / P) + (G / 4) c + 8 (u % P).
+// In the MMAs of unit u, every thread of the quad feeds values of the same group, so each MMA
+// stays inside one group and its fp32 result can be scaled by that group's s. Within a unit the
+// value pairing is qmv_mma's (mma_fragments.cuh): slots (2c, 2c+1) take values (j, j+4).
+//
+// The fold. The A operand is 1024 + q (fp16) or 128 + q (bf16): mask plus magic exponent, no
+// subtraction. Per group and token, acc = sum (magic + q) x and X = sum x (an MMA with an all-ones
+// A operand, in the same fragment layout), and the output gains
+//     s * acc + (b - magic * s) * X = sum (s q + b) x
+// in fp32: more accurate than rounding s q + b to 16 bits first.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "src/cuda/dispatch.h"
+#include "src/cuda/mma_fragments.cuh"
+#include "src/cuda/stream_k.cuh"
+
+namespace qmm::cuda::mma {
+
+/// Compile-time geometry of the folded k mapping for a group size 2^GroupShift (32, 64, 128).
+template <int GroupShift>
+struct FoldGeometry {
+  static constexpr int kGroup = 1 << GroupShift;
+  static constexpr int kGroupsPerSegment = qmm::detail::cuda_dispatch::kMmaSegment / kGroup;
+  static constexpr int kUnitsPerGroup = kGroup / 32;  // 8-value units of one thread in one group
+  static constexpr int kWordsPerPiece = kGroup / 32;  // 4-bit words of one thread in one group
+  /// Offset of unit u from the segment start, for quad position c.
+  __device__ static constexpr int unit_offset(int u, int c) {
+    return kGroup * (u / kUnitsPerGroup) + (kGroup / 4) * c + 8 * (u % kUnitsPerGroup);
+  }
+};
+
+/// A thread's share of one segment: 4 words (32 values) of rows r, r+8, r+16, r+24 of its warp
+/// in unit order, and each row's scale and bias for every group of the segment.
+template <typename T, int GroupShift>
+struct FoldLoad {
+  using G = FoldGeometry<GroupShift>;
+  std::uint32_t w[4][4];  // [row][unit]
+  T s[4][G::kGroupsPerSegment];
+  T b[4][G::kGroupsPerSegment];
+};
+
+/// Loads `words` consecutive 4-bit words with one vector load; L2::256B has the L2 fetch the
+/// rest of the row's next segments with the first request (measured: -7 % on the large shapes).
+template <int Words>
+__device__ __forceinline__ void load_words(std::uint32_t* dst, const std::uint32_t* src) {
+  if constexpr (Words == 4) {
+    asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3])
+                 : "l"(src));
+  } else if constexpr (Words == 2) {
+    asm volatile("ld.global.nc.L2::256B.v2.u32 {%0,%1}, [%2];\n" : "=r"(dst[0]), "=r"(dst[1]) : "l"(src));
+  } else {
+    static_assert(Words == 1, "a piece is 1, 2 or 4 words");
+    asm volatile("ld.global.nc.L2::256B.u32 %0, [%1];\n" : "=r"(dst[0]) : "l"(src));
+  }
+}
+
+/// Issues the loads of segment `seg` for rows `wrow` (row starts of W in words) and their scale
+/// and bias rows. Pieces past K (the K tail) get q = 0, s = 0, b = 0.
+template <typename T, int GroupShift>
+__device__ __forceinline__ void load_fold_segment(FoldLoad<T, GroupShift>& L, const stream_k::Params& p,
+                                                  const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                                  const T* const (&brow)[4], int seg, int c) {
+  using G = FoldGeometry<GroupShift>;
+#pragma unroll
+  for (int piece = 0; piece < G::kGroupsPerSegment; ++piece) {
+    const int k = seg * qmm::detail::cuda_dispatch::kMmaSegment + G::unit_offset(piece * G::kUnitsPerGroup, c);
+    const int g = seg * G::kGroupsPerSegment + piece;
+    if (k < p.K) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        load_words<G::kWordsPerPiece>(&L.w[i][piece * G::kUnitsPerGroup], wrow[i] + k / 8);
+        L.s[i][piece] = srow[i][g];
+        L.b[i][piece] = brow[i][g];
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int u = 0; u < G::kUnitsPerGroup; ++u) L.w[i][piece * G::kUnitsPerGroup + u] = 0;
+        L.s[i][piece] = T(0.0f);
+        L.b[i][piece] = T(0.0f);
+      }
+    }
+  }
+}
+
+/// d = a * b (m16n8k16, fp32), no accumulator input.
+template <typename T>
+__device__ __forceinline__ void mma_16816_fresh(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                                std::uint32_t b1) {
+  d[0] = d[1] = d[2] = d[3] = 0.0f;
+  mma_16816<T>(d, a, b0, b1);
+}
+
+/// The folded MMAs of one segment, adding into out (the row block's fp32 accumulators).
+template <typename T, int GroupShift, int TokenTiles>
+__device__ __forceinline__ void compute_fold_segment(float (&out)[2][TokenTiles][4], const FoldLoad<T, GroupShift>& L,
+                                                     const stream_k::Params& p, int seg, int c, int token) {
+  using G = FoldGeometry<GroupShift>;
+  const T* x = static_cast<const T*>(p.x);
+  const std::uint32_t magic = Types<T>::kMagic;
+  // 1.0 in both halves: the A operand whose MMA sums x.
+  const std::uint32_t ones = sizeof(T) == 2 && Types<T>::kMagicCoversByte ? 0x3C003C00u : 0x3F803F80u;
+  const float magic_value = Types<T>::kMagicCoversByte ? 1024.0f : 128.0f;
+  const std::uint32_t ones_a[4] = {ones, ones, ones, ones};
+#pragma unroll
+  for (int piece = 0; piece < G::kGroupsPerSegment; ++piece) {
+    float acc[2][TokenTiles][4];
+    float xsum[TokenTiles][4];
+#pragma unroll
+    for (int uu = 0; uu < G::kUnitsPerGroup; ++uu) {
+      const int u = piece * G::kUnitsPerGroup + uu;
+      const int k = seg * qmm::detail::cuda_dispatch::kMmaSegment + G::unit_offset(u, c);
+      const bool valid = k < p.K;
+      std::uint32_t bx[TokenTiles][4];
+#pragma unroll
+      for (int t = 0; t < TokenTiles; ++t) {
+        const int m = t * 8 + token;
+        uint4 X = make_uint4(0, 0, 0, 0);
+        if (valid && m < p.M) X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k));
+        bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
+        bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
+        bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
+        bx[t][3] = __byte_perm(X.y, X.w, 0x7632);  // (x3, x7)
+      }
+#pragma unroll
+      for (int step = 0; step < 2; ++step) {
+#pragma unroll
+        for (int tile = 0; tile < 2; ++tile) {
+          const int r0 = 2 * tile, r8 = 2 * tile + 1;
+          std::uint32_t a[4];
+          a[0] = and_or(L.w[r0][u] >> (8 * step), 0x000F000Fu, magic);
+          a[1] = and_or(L.w[r8][u] >> (8 * step), 0x000F000Fu, magic);
+          a[2] = and_or(L.w[r0][u] >> (8 * step + 4), 0x000F000Fu, magic);
+          a[3] = and_or(L.w[r8][u] >> (8 * step + 4), 0x000F000Fu, magic);
+#pragma unroll
+          for (int t = 0; t < TokenTiles; ++t) {
+            if (uu == 0 && step == 0) {
+              mma_16816_fresh<T>(acc[tile][t], a, bx[t][0], bx[t][1]);
+            } else {
+              mma_16816<T>(acc[tile][t], a, bx[t][2 * step], bx[t][2 * step + 1]);
+            }
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t) {
+          if (uu == 0 && step == 0) {
+            mma_16816_fresh<T>(xsum[t], ones_a, bx[t][0], bx[t][1]);
+          } else {
+            mma_16816<T>(xsum[t], ones_a, bx[t][2 * step], bx[t][2 * step + 1]);
+          }
+        }
+      }
+    }
+    // Fold this group: rows r (fragment elements 0, 1) and r+8 (2, 3) of each tile; elements 0
+    // and 2 are token 2c, 1 and 3 token 2c+1 (the ones-MMA gives X in the same places).
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile) {
+      float s[2], bias[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        s[h] = static_cast<float>(L.s[2 * tile + h][piece]);
+        bias[h] = fmaf(-magic_value, s[h], static_cast<float>(L.b[2 * tile + h][piece]));
+      }
+#pragma unroll
+      for (int t = 0; t < TokenTiles; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          out[tile][t][e] = fmaf(s[e >> 1], acc[tile][t][e], out[tile][t][e]);
+          out[tile][t][e] = fmaf(bias[e >> 1], xsum[t][e], out[tile][t][e]);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace qmm::cuda::mma
