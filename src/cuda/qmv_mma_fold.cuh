@@ -39,6 +39,8 @@ struct FoldGeometry {
   static constexpr int kGroupsPerSegment = qmm::detail::cuda_dispatch::kMmaSegment / kGroup;
   static constexpr int kUnitsPerGroup = kGroup / 32;  // 8-value units of one thread in one group
   static constexpr int kWordsPerPiece = kGroup / 32;  // 4-bit words of one thread in one group
+  /// 32-bit words holding a row's scales (or biases) of one segment: pairs of groups, or one.
+  static constexpr int kScaleWords = kGroupsPerSegment > 1 ? kGroupsPerSegment / 2 : 1;
   /// Offset of unit u from the segment start, for quad position c.
   __device__ static constexpr int unit_offset(int u, int c) {
     return kGroup * (u / kUnitsPerGroup) + (kGroup / 4) * c + 8 * (u % kUnitsPerGroup);
@@ -46,13 +48,84 @@ struct FoldGeometry {
 };
 
 /// A thread's share of one segment: 4 words (32 values) of rows r, r+8, r+16, r+24 of its warp
-/// in unit order, and each row's scale and bias for every group of the segment.
+/// in unit order, and each row's scales and biases of the segment's groups as 32-bit words
+/// (group 2j in the low half, 2j+1 in the high half; a lone group of 128 in the low half).
+/// Whole words halve the registers the double buffer needs; fold_supported() says when the
+/// scale pairs are word-aligned.
 template <typename T, int GroupShift>
 struct FoldLoad {
   using G = FoldGeometry<GroupShift>;
   std::uint32_t w[4][4];  // [row][unit]
-  T s[4][G::kGroupsPerSegment];
-  T b[4][G::kGroupsPerSegment];
+  std::uint32_t s[4][G::kScaleWords];
+  std::uint32_t b[4][G::kScaleWords];
+};
+
+/// Scale or bias of group `piece` of the segment from a FoldLoad word, as fp32.
+template <typename T>
+__device__ __forceinline__ float scale_half(std::uint32_t word, int piece) {
+  const std::uint32_t h = (piece & 1) ? word >> 16 : word & 0xFFFFu;
+  if constexpr (Types<T>::kMagicCoversByte) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+  } else {
+    return __uint_as_float(h << 16);  // bf16 is the top half of an fp32
+  }
+}
+
+/// Where a thread's weight, scale and bias loads of a segment start; advanced one segment at a
+/// time, so every load is a base register plus a compile-time offset (computing each address
+/// afresh was ~170 of ~530 instructions per warp and segment, bench/NOTES.md v8).
+template <typename T, int GroupShift>
+struct WeightCursor {
+  using G = FoldGeometry<GroupShift>;
+  const std::uint32_t* w[4];  // first word of this thread's quad share, rows r, r+8, r+16, r+24
+  const T* s[4];              // the rows' scale of the segment's first group
+  const T* b[4];
+  int k;                      // first value of the segment
+
+  __device__ void start(const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4], const T* const (&brow)[4],
+                        int seg, int c) {
+    k = seg * qmm::detail::cuda_dispatch::kMmaSegment;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] = wrow[i] + (k + G::unit_offset(0, c)) / 8;
+      s[i] = srow[i] + seg * G::kGroupsPerSegment;
+      b[i] = brow[i] + seg * G::kGroupsPerSegment;
+    }
+  }
+  __device__ void advance() {
+    constexpr int kSegment = qmm::detail::cuda_dispatch::kMmaSegment;
+    k += kSegment;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] += kSegment / 8;
+      s[i] += G::kGroupsPerSegment;
+      b[i] += G::kGroupsPerSegment;
+    }
+  }
+};
+
+/// Where a thread's x loads of a segment start (its token in each token tile, its quad share).
+/// Tokens past M read row M-1: their output columns are never stored, and MMA columns do not mix.
+template <typename T, int GroupShift, int TokenTiles>
+struct XCursor {
+  using G = FoldGeometry<GroupShift>;
+  const T* x[TokenTiles];
+  int k;  // first value of the segment
+
+  __device__ void start(const stream_k::Params& p, int seg, int c, int token) {
+    k = seg * qmm::detail::cuda_dispatch::kMmaSegment;
+    const T* x0 = static_cast<const T*>(p.x);
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+      x[t] = x0 + static_cast<std::int64_t>(min(t * 8 + token, p.M - 1)) * p.K + k + G::unit_offset(0, c);
+    }
+  }
+  __device__ void advance() {
+    constexpr int kSegment = qmm::detail::cuda_dispatch::kMmaSegment;
+    k += kSegment;
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) x[t] += kSegment;
+  }
 };
 
 /// Loads `words` consecutive 4-bit words with one vector load; L2::256B has the L2 fetch the
@@ -71,31 +144,43 @@ __device__ __forceinline__ void load_words(std::uint32_t* dst, const std::uint32
   }
 }
 
-/// Issues the loads of segment `seg` for rows `wrow` (row starts of W in words) and their scale
-/// and bias rows. Pieces past K (the K tail) get q = 0, s = 0, b = 0.
-template <typename T, int GroupShift>
-__device__ __forceinline__ void load_fold_segment(FoldLoad<T, GroupShift>& L, const stream_k::Params& p,
-                                                  const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
-                                                  const T* const (&brow)[4], int seg, int c) {
+/// Whether group `piece` of the cursor's segment lies inside K (K is a multiple of the group
+/// size, so a group is all in or all out). Only the K tail's segment (Tail) asks.
+template <bool Tail, int GroupShift, typename Cursor>
+__device__ __forceinline__ bool piece_valid(const Cursor& cur, const stream_k::Params& p, int piece) {
+  return !Tail || cur.k + FoldGeometry<GroupShift>::kGroup * piece < p.K;
+}
+
+/// Issues the loads of the cursor's segment. Groups past K (Tail only) get q = 0, s = 0, b = 0.
+template <bool Tail, typename T, int GroupShift>
+__device__ __forceinline__ void load_fold_segment(FoldLoad<T, GroupShift>& L, const WeightCursor<T, GroupShift>& cur,
+                                                  const stream_k::Params& p) {
   using G = FoldGeometry<GroupShift>;
 #pragma unroll
   for (int piece = 0; piece < G::kGroupsPerSegment; ++piece) {
-    const int k = seg * qmm::detail::cuda_dispatch::kMmaSegment + G::unit_offset(piece * G::kUnitsPerGroup, c);
-    const int g = seg * G::kGroupsPerSegment + piece;
-    if (k < p.K) {
+    if (piece_valid<Tail, GroupShift>(cur, p, piece)) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        load_words<G::kWordsPerPiece>(&L.w[i][piece * G::kUnitsPerGroup], wrow[i] + k / 8);
-        L.s[i][piece] = srow[i][g];
-        L.b[i][piece] = brow[i][g];
+        load_words<G::kWordsPerPiece>(&L.w[i][piece * G::kUnitsPerGroup], cur.w[i] + G::kGroup * piece / 8);
+        if constexpr (G::kGroupsPerSegment == 1) {
+          L.s[i][0] = *reinterpret_cast<const unsigned short*>(cur.s[i]);
+          L.b[i][0] = *reinterpret_cast<const unsigned short*>(cur.b[i]);
+        } else if ((piece & 1) == 0) {
+          L.s[i][piece / 2] = __ldg(reinterpret_cast<const unsigned int*>(cur.s[i] + piece));
+          L.b[i][piece / 2] = __ldg(reinterpret_cast<const unsigned int*>(cur.b[i] + piece));
+        }
       }
     } else {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int u = 0; u < G::kUnitsPerGroup; ++u) L.w[i][piece * G::kUnitsPerGroup + u] = 0;
-        L.s[i][piece] = T(0.0f);
-        L.b[i][piece] = T(0.0f);
+        // groups_per_row is even (qmv_mma's fold_supported), so a pair of groups is all in or all
+        // out of K.
+        if ((piece & 1) == 0 || G::kGroupsPerSegment == 1) {
+          L.s[i][piece / 2] = 0;
+          L.b[i][piece / 2] = 0;
+        }
       }
     }
   }
@@ -109,32 +194,31 @@ __device__ __forceinline__ void mma_16816_fresh(float (&d)[4], const std::uint32
   mma_16816<T>(d, a, b0, b1);
 }
 
-/// The folded MMAs of one segment, adding into out (the row block's fp32 accumulators).
-template <typename T, int GroupShift, int TokenTiles>
+/// The folded MMAs of the cursor's segment, adding into out (the row block's fp32 accumulators).
+template <bool Tail, typename T, int GroupShift, int TokenTiles>
 __device__ __forceinline__ void compute_fold_segment(float (&out)[2][TokenTiles][4], const FoldLoad<T, GroupShift>& L,
-                                                     const stream_k::Params& p, int seg, int c, int token) {
+                                                     const XCursor<T, GroupShift, TokenTiles>& cur,
+                                                     const stream_k::Params& p) {
   using G = FoldGeometry<GroupShift>;
-  const T* x = static_cast<const T*>(p.x);
   const std::uint32_t magic = Types<T>::kMagic;
   // 1.0 in both halves: the A operand whose MMA sums x.
-  const std::uint32_t ones = sizeof(T) == 2 && Types<T>::kMagicCoversByte ? 0x3C003C00u : 0x3F803F80u;
+  const std::uint32_t ones = Types<T>::kMagicCoversByte ? 0x3C003C00u : 0x3F803F80u;
   const float magic_value = Types<T>::kMagicCoversByte ? 1024.0f : 128.0f;
   const std::uint32_t ones_a[4] = {ones, ones, ones, ones};
 #pragma unroll
   for (int piece = 0; piece < G::kGroupsPerSegment; ++piece) {
+    // In the K tail's segment, a group past K multiplies x = 0 (no load) by s = b = 0.
+    const bool valid = piece_valid<Tail, GroupShift>(cur, p, piece);
     float acc[2][TokenTiles][4];
     float xsum[TokenTiles][4];
 #pragma unroll
     for (int uu = 0; uu < G::kUnitsPerGroup; ++uu) {
       const int u = piece * G::kUnitsPerGroup + uu;
-      const int k = seg * qmm::detail::cuda_dispatch::kMmaSegment + G::unit_offset(u, c);
-      const bool valid = k < p.K;
       std::uint32_t bx[TokenTiles][4];
 #pragma unroll
       for (int t = 0; t < TokenTiles; ++t) {
-        const int m = t * 8 + token;
         uint4 X = make_uint4(0, 0, 0, 0);
-        if (valid && m < p.M) X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k));
+        if (valid) X = __ldg(reinterpret_cast<const uint4*>(cur.x[t] + G::unit_offset(u, 0)));
         bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
         bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
         bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
@@ -176,8 +260,8 @@ __device__ __forceinline__ void compute_fold_segment(float (&out)[2][TokenTiles]
       float s[2], bias[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        s[h] = static_cast<float>(L.s[2 * tile + h][piece]);
-        bias[h] = fmaf(-magic_value, s[h], static_cast<float>(L.b[2 * tile + h][piece]));
+        s[h] = scale_half<T>(L.s[2 * tile + h][piece / 2], piece);
+        bias[h] = fmaf(-magic_value, s[h], scale_half<T>(L.b[2 * tile + h][piece / 2], piece));
       }
 #pragma unroll
       for (int t = 0; t < TokenTiles; ++t) {

@@ -65,41 +65,67 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   }
 }
 
-/// The per-thread registers of one segment and how to load and compute them: the folded 4-bit
-/// path (GroupShift > 0: up to 16 tokens per pass) or the scale-before-MMA path (other widths,
-/// and 4-bit passes of 32 or 64 tokens, whose folded accumulators would not fit in registers).
-template <typename T, int Bits, int GroupShift, bool Fold = (Bits == 4 && GroupShift > 0)>
-struct Path {
-  using Load = SegmentLoad<T, Bits>;
-  __device__ static void load(Load& L, const MmaParams& p, const std::uint32_t* const (&wrow)[4],
-                              const T* const (&srow)[4], const T* const (&brow)[4], int seg, int c) {
-    load_segment<T, Bits>(L, p, wrow, srow, brow, seg, c);
+/// Up to 16 tokens of 4-bit weights (GroupShift > 0): scale and bias after the MMA, see
+/// qmv_mma_fold.cuh. Register double buffer as in the scale-before-MMA path below.
+template <typename T, int TokenTiles, int GroupShift>
+__device__ __forceinline__ void fold_run(float (&acc)[2][TokenTiles][4], const MmaParams& p,
+                                         const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                         const T* const (&brow)[4], int s0, int s1, int c, int token) {
+  // The one segment that may hold groups past K: the last, when K is not a multiple of 128.
+  const int tail_seg = p.K % kMmaSegment != 0 ? p.segments - 1 : -1;
+  mma::WeightCursor<T, GroupShift> load_at;
+  mma::XCursor<T, GroupShift, TokenTiles> compute_at;
+  load_at.start(wrow, srow, brow, s0, c);
+  compute_at.start(p, s0, c, token);
+  mma::FoldLoad<T, GroupShift> current;
+  if (s0 == tail_seg) {
+    mma::load_fold_segment<true>(current, load_at, p);
+  } else {
+    mma::load_fold_segment<false>(current, load_at, p);
   }
-  template <int TokenTiles>
-  __device__ static void compute(float (&acc)[2][TokenTiles][4], const Load& L, const MmaParams& p, int seg, int c,
-                                 int token) {
-    compute_segment<T, Bits, TokenTiles>(acc, L, p, seg, c, token);
+  for (int seg = s0; seg < s1; ++seg) {
+    mma::FoldLoad<T, GroupShift> next;
+    if (seg + 1 < s1) {
+      load_at.advance();
+      if (seg + 1 == tail_seg) {
+        mma::load_fold_segment<true>(next, load_at, p);
+      } else {
+        mma::load_fold_segment<false>(next, load_at, p);
+      }
+    }
+    if (seg == tail_seg) {
+      mma::compute_fold_segment<true>(acc, current, compute_at, p);
+    } else {
+      mma::compute_fold_segment<false>(acc, current, compute_at, p);
+    }
+    compute_at.advance();
+    if (seg + 1 < s1) current = next;
   }
-};
-template <typename T, int Bits, int GroupShift>
-struct Path<T, Bits, GroupShift, true> {
-  static_assert(GroupShift >= 5 && GroupShift <= 7, "folded instantiations carry the group size");
-  using Load = mma::FoldLoad<T, GroupShift>;
-  __device__ static void load(Load& L, const MmaParams& p, const std::uint32_t* const (&wrow)[4],
-                              const T* const (&srow)[4], const T* const (&brow)[4], int seg, int c) {
-    mma::load_fold_segment<T, GroupShift>(L, p, wrow, srow, brow, seg, c);
-  }
-  template <int TokenTiles>
-  __device__ static void compute(float (&acc)[2][TokenTiles][4], const Load& L, const MmaParams& p, int seg, int c,
-                                 int token) {
-    mma::compute_fold_segment<T, GroupShift, TokenTiles>(acc, L, p, seg, c, token);
-  }
-};
+}
 
+/// Other widths, and 32 or 64 tokens per pass: the scale applied before the MMA
+/// (qmv_mma_segment.cuh), whose accumulators fit in registers for 4 and 8 token tiles.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void scaled_run(float (&acc)[2][TokenTiles][4], const MmaParams& p,
+                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                           const T* const (&brow)[4], int s0, int s1, int c, int token) {
+  // Register double buffer: the next segment's loads are in flight while this one computes.
+  SegmentLoad<T, Bits> current;
+  load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
+  for (int seg = s0; seg < s1; ++seg) {
+    SegmentLoad<T, Bits> next;
+    if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+    compute_segment<T, Bits, TokenTiles>(acc, current, p, seg, c, token);
+    if (seg + 1 < s1) current = next;
+  }
+}
+
+/// GroupShift > 0 selects the folded 4-bit path (instantiated for 4-bit and up to 2 token
+/// tiles only); 0 the scale-before-MMA path.
 template <typename T, int Bits, int TokenTiles, int GroupShift>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_kernel(const MmaParams p) {
-  using P = Path<T, Bits, GroupShift>;
+  static_assert(GroupShift == 0 || (Bits == 4 && TokenTiles <= 2), "the folded path is 4-bit, up to 16 tokens");
   __shared__ int s_is_last;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -130,23 +156,26 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
-
-    // Register double buffer: the next segment's loads are in flight while this one computes.
-    typename P::Load current;
-    P::load(current, p, wrow, srow, brow, s0, c);
-    for (int seg = s0; seg < s1; ++seg) {
-      typename P::Load next;
-      if (seg + 1 < s1) P::load(next, p, wrow, srow, brow, seg + 1, c);
-      P::template compute<TokenTiles>(acc, current, p, seg, c, row_in_8);
-      if (seg + 1 < s1) current = next;
+    if constexpr (GroupShift > 0) {
+      fold_run<T, TokenTiles, GroupShift>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+    } else {
+      scaled_run<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
     }
-
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
     cur += s1 - s0;
   }
 }
 
 using KernelFn = void (*)(MmaParams);
+
+/// Whether 4-bit weights can take the folded path: its scale and bias loads read group pairs as
+/// aligned 32-bit words (a lone group per segment for group 128).
+bool fold_supported(const MatmulProblem& p) {
+  if (p.w.bits != 4) return false;
+  if (p.w.group_size == 128) return true;
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 4 == 0; };
+  return (p.K / p.w.group_size) % 2 == 0 && aligned(p.w.scales) && aligned(p.w.biases);
+}
 
 /// The instantiation for this problem's activation dtype, bits (and, for 4-bit, group size)
 /// and the configuration's token tiles (launch and occupancy query share it).
@@ -158,17 +187,18 @@ KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
       return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
         constexpr int kBits = decltype(bits)::value;
         if constexpr (kBits == 4 && kTiles <= 2) {
-          switch (p.w.group_size) {
-            case 32:
-              return &qmv_mma_kernel<T, 4, kTiles, 5>;
-            case 64:
-              return &qmv_mma_kernel<T, 4, kTiles, 6>;
-            default:
-              return &qmv_mma_kernel<T, 4, kTiles, 7>;
+          if (fold_supported(p)) {
+            switch (p.w.group_size) {
+              case 32:
+                return &qmv_mma_kernel<T, 4, kTiles, 5>;
+              case 64:
+                return &qmv_mma_kernel<T, 4, kTiles, 6>;
+              default:
+                return &qmv_mma_kernel<T, 4, kTiles, 7>;
+            }
           }
-        } else {
-          return &qmv_mma_kernel<T, kBits, kTiles, 0>;
         }
+        return &qmv_mma_kernel<T, kBits, kTiles, 0>;
       });
     });
   });
