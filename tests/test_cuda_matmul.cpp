@@ -178,10 +178,13 @@ TEST(CudaMatmul, NAndKAroundTileAndGroupBoundaries) {
   // N around the 16-row MMA tile and the 128-row block; K around the 32-value chunk, the
   // 128-value segment and the group.
   for (std::int64_t N : {1, 7, 8, 15, 16, 17, 127, 128, 129, 300}) {
-    for (std::int64_t K : {32, 64, 96, 128, 160, 256, 288, 1056}) {
+    for (std::int64_t K : {32, 64, 96, 128, 160, 192, 256, 288, 320, 1056}) {
       for (int g : {32, 64, 128}) {
         if (K % g != 0) continue;
+        // 4-bit takes qmv_mma's folded path where the group count per row is even (else the
+        // scale-before-MMA path): one and two token tiles, the K tail (K % 128 == 64, group 32).
         check_case({3, N, K, 4, g, Dtype::float16, Dtype::float16, true, ""}, rng);
+        check_case({12, N, K, 4, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
         check_case({9, N, K, 3, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
         check_case({2, N, K, 8, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
         check_case({11, N, K, 4, g, Dtype::float16, Dtype::float16, true, "qmv_staged_m16"}, rng);
