@@ -128,19 +128,18 @@ struct XCursor {
   }
 };
 
-/// Loads `words` consecutive 4-bit words with one vector load; L2::256B has the L2 fetch the
-/// rest of the row's next segments with the first request (measured: -7 % on the large shapes).
+/// Loads `Words` consecutive 4-bit words with one vector load (mma_fragments.cuh's L2::256B loads).
 template <int Words>
 __device__ __forceinline__ void load_words(std::uint32_t* dst, const std::uint32_t* src) {
   if constexpr (Words == 4) {
-    asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3])
-                 : "l"(src));
+    const uint4 v = load_quad_l2_256(src);
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
   } else if constexpr (Words == 2) {
-    asm volatile("ld.global.nc.L2::256B.v2.u32 {%0,%1}, [%2];\n" : "=r"(dst[0]), "=r"(dst[1]) : "l"(src));
+    const uint2 v = load_pair_l2_256(src);
+    dst[0] = v.x, dst[1] = v.y;
   } else {
     static_assert(Words == 1, "a piece is 1, 2 or 4 words");
-    asm volatile("ld.global.nc.L2::256B.u32 %0, [%1];\n" : "=r"(dst[0]) : "l"(src));
+    dst[0] = load_word_l2_256(src);
   }
 }
 
