@@ -7,8 +7,10 @@
 //
 // Work split: stream-K over (128-row block, 128-value K segment) items, see stream_k.cuh.
 //
-// 4-bit weights take the folded arithmetic of qmv_mma_fold.cuh (scale and bias after the MMA,
-// in fp32, once per group); the other widths the scale-before-MMA path of qmv_mma_segment.cuh.
+// 4-bit weights with up to 16 tokens per pass take the folded arithmetic of qmv_mma_fold.cuh
+// (scale and bias after the MMA, in fp32, once per group) where its scale loads allow
+// (fold_supported); everything else the scale-before-MMA path of qmv_mma_segment.cuh. Which one
+// runs depends on the problem, never on M within 1..16, so batch invariance holds.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
