@@ -181,8 +181,8 @@ TEST(CudaMatmul, NAndKAroundTileAndGroupBoundaries) {
     for (std::int64_t K : {32, 64, 96, 128, 160, 192, 256, 288, 320, 1056}) {
       for (int g : {32, 64, 128}) {
         if (K % g != 0) continue;
-        // 4-bit takes qmv_mma's folded path where the group count per row is even (else the
-        // scale-before-MMA path): one and two token tiles, the K tail (K % 128 == 64, group 32).
+        // 4-bit through dispatch with one and two token tiles, including K tails inside a
+        // 128-value segment (K = 64, 192, 320).
         check_case({3, N, K, 4, g, Dtype::float16, Dtype::float16, true, ""}, rng);
         check_case({12, N, K, 4, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);
         check_case({9, N, K, 3, g, Dtype::bfloat16, Dtype::bfloat16, true, ""}, rng);

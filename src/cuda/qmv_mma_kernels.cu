@@ -7,21 +7,19 @@
 //
 // Work split: stream-K over (128-row block, 128-value K segment) items, see stream_k.cuh.
 //
-// 4-bit weights with up to 16 tokens per pass take the folded arithmetic of qmv_mma_fold.cuh
-// (scale and bias after the MMA, in fp32, once per group) where its scale loads allow
-// (fold_supported); everything else the scale-before-MMA path of qmv_mma_segment.cuh. Which one
-// runs depends on the problem, never on M within 1..16, so batch invariance holds.
+// The dequantized weight s*q + b is formed with one fused 16-bit multiply-add from the exact
+// integer q (qmv_mma_segment.cuh, mma_fragments.cuh). Folding scale and bias after the MMA in
+// fp32 (DESIGN.md 4.3) was built and measured 3-6 % slower at M <= 9 on the H100 (an all-ones MMA
+// per group for sum(x), bench/NOTES.md v8), so it is not used.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <type_traits>
 
 #include "src/cuda/check.h"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
-#include "src/cuda/qmv_mma_fold.cuh"
 #include "src/cuda/qmv_mma_segment.cuh"
 #include "src/cuda/static_dispatch.cuh"
 #include "src/cuda/stream_k.cuh"
@@ -67,72 +65,14 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   }
 }
 
-/// Up to 16 tokens of 4-bit weights (GroupShift > 0): scale and bias after the MMA, see
-/// qmv_mma_fold.cuh. Register double buffer as in the scale-before-MMA path below.
-template <typename T, int TokenTiles, int GroupShift>
-__device__ __forceinline__ void fold_run(float (&acc)[2][TokenTiles][4], const MmaParams& p,
-                                         const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
-                                         const T* const (&brow)[4], int s0, int s1, int c, int token) {
-  // The one segment that may hold groups past K: the last, when K is not a multiple of 128.
-  const int tail_seg = p.K % kMmaSegment != 0 ? p.segments - 1 : -1;
-  mma::WeightCursor<T, GroupShift> load_at;
-  mma::XCursor<T, GroupShift, TokenTiles> compute_at;
-  load_at.start(wrow, srow, brow, s0, c);
-  compute_at.start(p, s0, c, token);
-  mma::FoldLoad<T, GroupShift> current;
-  if (s0 == tail_seg) {
-    mma::load_fold_segment<true>(current, load_at, p);
-  } else {
-    mma::load_fold_segment<false>(current, load_at, p);
-  }
-  for (int seg = s0; seg < s1; ++seg) {
-    mma::FoldLoad<T, GroupShift> next;
-    if (seg + 1 < s1) {
-      load_at.advance();
-      if (seg + 1 == tail_seg) {
-        mma::load_fold_segment<true>(next, load_at, p);
-      } else {
-        mma::load_fold_segment<false>(next, load_at, p);
-      }
-    }
-    if (seg == tail_seg) {
-      mma::compute_fold_segment<true>(acc, current, compute_at, p);
-    } else {
-      mma::compute_fold_segment<false>(acc, current, compute_at, p);
-    }
-    compute_at.advance();
-    if (seg + 1 < s1) current = next;
-  }
-}
-
-/// Other widths, and 32 or 64 tokens per pass: the scale applied before the MMA
-/// (qmv_mma_segment.cuh), whose accumulators fit in registers for 4 and 8 token tiles.
 template <typename T, int Bits, int TokenTiles>
-__device__ __forceinline__ void scaled_run(float (&acc)[2][TokenTiles][4], const MmaParams& p,
-                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
-                                           const T* const (&brow)[4], int s0, int s1, int c, int token) {
-  // Register double buffer: the next segment's loads are in flight while this one computes.
-  SegmentLoad<T, Bits> current;
-  load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
-  for (int seg = s0; seg < s1; ++seg) {
-    SegmentLoad<T, Bits> next;
-    if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
-    compute_segment<T, Bits, TokenTiles>(acc, current, p, seg, c, token);
-    if (seg + 1 < s1) current = next;
-  }
-}
-
-/// GroupShift > 0 selects the folded 4-bit path (instantiated for 4-bit and up to 2 token
-/// tiles only); 0 the scale-before-MMA path.
-template <typename T, int Bits, int TokenTiles, int GroupShift>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_kernel(const MmaParams p) {
-  static_assert(GroupShift == 0 || (Bits == 4 && TokenTiles <= 2), "the folded path is 4-bit, up to 16 tokens");
   __shared__ int s_is_last;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
-  const int c = lane & 3;          // position in the quad: which values of a segment this thread feeds
+  const int c = lane & 3;          // which 32-value chunk of a segment this thread feeds
   const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
   const std::int64_t start = item_start(items, p.blocks, blockIdx.x);
   const std::int64_t end = item_start(items, p.blocks, blockIdx.x + 1);
@@ -158,11 +98,17 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
-    if constexpr (GroupShift > 0) {
-      fold_run<T, TokenTiles, GroupShift>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
-    } else {
-      scaled_run<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+
+    // Register double buffer: the next segment's loads are in flight while this one computes.
+    SegmentLoad<T, Bits> current;
+    load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
+    for (int seg = s0; seg < s1; ++seg) {
+      SegmentLoad<T, Bits> next;
+      if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+      compute_segment<T, Bits, TokenTiles>(acc, current, p, seg, c, row_in_8);
+      if (seg + 1 < s1) current = next;
     }
+
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
     cur += s1 - s0;
   }
@@ -170,37 +116,14 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 
 using KernelFn = void (*)(MmaParams);
 
-/// Whether 4-bit weights can take the folded path: its scale and bias loads read group pairs as
-/// aligned 32-bit words (a lone group per segment for group 128).
-bool fold_supported(const MatmulProblem& p) {
-  if (p.w.bits != 4) return false;
-  if (p.w.group_size == 128) return true;
-  const auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 4 == 0; };
-  return (p.K / p.w.group_size) % 2 == 0 && aligned(p.w.scales) && aligned(p.w.biases);
-}
-
-/// The instantiation for this problem's activation dtype, bits (and, for 4-bit, group size)
-/// and the configuration's token tiles (launch and occupancy query share it).
+/// The instantiation for this problem's activation dtype and bits and the configuration's token
+/// tiles (launch and occupancy query share it).
 KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
   return qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
     using T = typename decltype(dtype)::type;
     return qmm::cuda::with_token_tiles<1, 2, 4, 8>(token_tiles, [&](auto tiles) {
-      constexpr int kTiles = decltype(tiles)::value;
       return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
-        constexpr int kBits = decltype(bits)::value;
-        if constexpr (kBits == 4 && kTiles <= 2) {
-          if (fold_supported(p)) {
-            switch (p.w.group_size) {
-              case 32:
-                return &qmv_mma_kernel<T, 4, kTiles, 5>;
-              case 64:
-                return &qmv_mma_kernel<T, 4, kTiles, 6>;
-              default:
-                return &qmv_mma_kernel<T, 4, kTiles, 7>;
-            }
-          }
-        }
-        return &qmv_mma_kernel<T, kBits, kTiles, 0>;
+        return &qmv_mma_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
       });
     });
   });

@@ -1,9 +1,8 @@
-// One 128-value K segment of qmv_mma's scale-before-MMA arithmetic: the registers a thread
-// holds for it (SegmentLoad) and its MMAs (compute_segment). Shared by qmv_mma (loads from global
-// memory, qmv_mma_kernels.cu; every width but the folded 4-bit path of qmv_mma_fold.cuh) and
-// qmv_tma (loads from shared-memory stages filled by the tensor memory accelerator,
-// qmv_tma_kernels.cu), so the two compute bit-identical products from the same values wherever
-// qmv_mma takes this path.
+// One 128-value K segment of the qmv_mma k mapping: the registers a thread holds for it
+// (SegmentLoad) and its MMAs (compute_segment). Shared by qmv_mma (loads from global memory,
+// qmv_mma_kernels.cu) and qmv_tma (loads from shared-memory stages filled by the tensor memory
+// accelerator, qmv_tma_kernels.cu), so the two compute bit-identical products from the same
+// values.
 #pragma once
 
 #include <cuda_runtime.h>

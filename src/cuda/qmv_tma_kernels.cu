@@ -8,9 +8,9 @@
 // ahead, at no instruction cost to the computing warps. Measured (v7): slower than qmv_mma on the
 // large H100 shapes — both are compute bound — so dispatch never picks it; it is reached by name.
 //
-// Block: warps 0-3 compute as qmv_mma's scale-before-MMA path does (same k mapping, same
-// SegmentLoad and compute_segment from qmv_mma_segment.cuh; qmv_mma's folded 4-bit path, v8, is
-// not ported here), reading their chunks and scales from shared memory; warp 4 is the producer.
+// Block: warps 0-3 compute exactly as qmv_mma does (same k mapping, same SegmentLoad and
+// compute_segment from qmv_mma_segment.cuh, so the products are bit-identical to qmv_mma's for
+// the same split), reading their chunks and scales from shared memory; warp 4 is the producer.
 // Item: (128-row block, 256-value K slice) = one stage: one TMA box of 128 rows x 256 values
 // (rows past N are zero-filled by the TMA), plus the rows' scales and biases for the slice, which
 // the producer's lanes copy with cp.async (rows past N copy row N-1: finite values whose
