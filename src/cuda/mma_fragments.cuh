@@ -44,7 +44,9 @@ __device__ __forceinline__ uint2 load_pair_l2_256(const std::uint32_t* p) {
 }
 __device__ __forceinline__ uint4 load_quad_l2_256(const std::uint32_t* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
   return v;
 }
 

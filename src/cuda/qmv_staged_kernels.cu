@@ -35,6 +35,7 @@
 #include <utility>
 
 #include "src/cuda/check.h"
+#include "src/cuda/cp_async.cuh"
 #include "src/cuda/dynamic_smem.h"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
@@ -45,6 +46,12 @@ namespace {
 
 namespace mma = qmm::cuda::mma;
 namespace sk = qmm::cuda::stream_k;
+using qmm::cuda::cp_async_ca;
+using qmm::cuda::cp_async_cg16;
+using qmm::cuda::cp_async_commit;
+using qmm::cuda::cp_async_wait;
+using qmm::cuda::shared_address;
+using qmm::cuda::st_shared_u32;
 using cuda_dispatch::kMmaRowsPerBlock;
 using cuda_dispatch::kMmaSegment;
 using cuda_dispatch::kMmaThreads;
@@ -90,20 +97,6 @@ __device__ __forceinline__ int x_offset(int token, int unit) {
   return token * (kMmaSegment * 2) + ((unit ^ swizzle) << 4);
 }
 
-__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void st_shared_u32(std::uint32_t dst, std::uint32_t v) {
-  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int Pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
-}
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&d)[4], std::uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
@@ -177,7 +170,7 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
 #pragma unroll
   for (int i = 0; i < Bits; ++i) {
     const bool valid = k_ok && ((c.w_rows_valid >> i) & 1u);
-    cp_async_16(w_smem + i * 2048, valid ? w + i * c.w_row_stride : p.w_q, valid ? 16 : 0);
+    cp_async_cg16(w_smem + i * 2048, valid ? w + i * c.w_row_stride : p.w_q, valid ? 16 : 0);
   }
 
   // Scales and biases: the aligned words covering the row's groups of this segment.
@@ -196,8 +189,8 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       if (i < words) {
-        cp_async_4(dst + L::kScalesOffset + i * 4, sw + i * 4, 4);
-        cp_async_4(dst + L::kBiasesOffset + i * 4, bw + i * 4, 4);
+        cp_async_ca<4>(dst + L::kScalesOffset + i * 4, sw + i * 4, 4);
+        cp_async_ca<4>(dst + L::kBiasesOffset + i * 4, bw + i * 4, 4);
       }
     }
   } else {
@@ -210,8 +203,8 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
       if (i < words) {
         const std::int64_t left = (elements - 2 * (word0 + i)) * 2;
         if (left >= 4) {
-          cp_async_4(dst + L::kScalesOffset + i * 4, s + (word0 + i) * 4, 4);
-          cp_async_4(dst + L::kBiasesOffset + i * 4, b + (word0 + i) * 4, 4);
+          cp_async_ca<4>(dst + L::kScalesOffset + i * 4, s + (word0 + i) * 4, 4);
+          cp_async_ca<4>(dst + L::kBiasesOffset + i * 4, b + (word0 + i) * 4, 4);
         } else {
           // The arrays' last word, half past their end (or a word wholly past it): read the
           // 2 bytes that exist by hand, so no access (cp.async included) touches the rest.
@@ -234,7 +227,7 @@ __device__ __forceinline__ void issue_item(const sk::Params& p, const CopyPlan<B
       const int m = u >> 4;
       const int k = k_seg + (u & 15) * 8;
       const bool valid = k < p.K;
-      cp_async_16(stage + L::kXOffset + x_offset<Bits>(m, u & 15),
+      cp_async_cg16(stage + L::kXOffset + x_offset<Bits>(m, u & 15),
                   valid ? x + static_cast<std::int64_t>(m) * p.K + k : x, valid ? 16 : 0);
     }
   }
@@ -438,7 +431,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::staged_blocks_per_
   using L = StageLayout<Bits, TokenTiles>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_is_last;
-  const std::uint32_t smem_addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  const std::uint32_t smem_addr = shared_address(smem);
   const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
   const std::int64_t start = sk::item_start(items, p.blocks, blockIdx.x);
   const int count = static_cast<int>(sk::item_start(items, p.blocks, blockIdx.x + 1) - start);

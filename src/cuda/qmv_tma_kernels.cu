@@ -33,6 +33,7 @@
 #include <string>
 
 #include "src/cuda/check.h"
+#include "src/cuda/cp_async.cuh"
 #include "src/cuda/dynamic_smem.h"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
@@ -46,6 +47,11 @@ namespace {
 
 namespace mma = qmm::cuda::mma;
 namespace sk = qmm::cuda::stream_k;
+using qmm::cuda::cp_async_ca;
+using qmm::cuda::cp_async_commit;
+using qmm::cuda::cp_async_wait;
+using qmm::cuda::cp_async_wait_all;
+using qmm::cuda::shared_address;
 using cuda_dispatch::kMmaRowsPerBlock;
 using cuda_dispatch::kMmaSegment;
 using cuda_dispatch::kMmaThreads;
@@ -85,10 +91,6 @@ StageGeometry stage_geometry(int bits, int group_size) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 constexpr int kConsumerWarps = kMmaThreads / 32;
 
-__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
 __device__ __forceinline__ void mbar_init(std::uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -122,18 +124,6 @@ __device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
       : "memory");
 }
-
-template <int Bytes>
-__device__ __forceinline__ void cp_async(std::uint32_t dst, const void* src) {
-  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-/// Waits until at most one committed group of this thread's cp.async copies is still in flight.
-__device__ __forceinline__ void cp_async_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 /// A chunk (32 values, Bits words) from shared memory; the address is 4*Bits-byte aligned.
 template <int Bits>
@@ -179,7 +169,7 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
     const std::uint32_t full = full0 + 8 * stage;
     // A fresh barrier counts its (virtual) previous phase as complete: round 0 passes at once.
     mbar_wait(empty0 + 8 * stage, round_parity ^ 1);
-    const std::uint32_t dst = smem_u32(stages + static_cast<std::size_t>(stage) * geo.stage_bytes);
+    const std::uint32_t dst = shared_address(stages + static_cast<std::size_t>(stage) * geo.stage_bytes);
     if (lane == 0) {
       mbar_arrive_expect_tx(full, StageWeights<Bits>::kBoxBytes);
       tma_load_2d(dst, map, slice * (StageWeights<Bits>::kRowBytes / 4), rb * kMmaRowsPerBlock, full);
@@ -193,11 +183,11 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
       const std::uint32_t s_dst = dst + StageWeights<Bits>::kBoxBytes + r * scale_row_bytes;
       const std::uint32_t b_dst = dst + geo.biases_at + r * scale_row_bytes;
       if (scale_row_bytes == 16) {
-        cp_async<16>(s_dst, scales + at), cp_async<16>(b_dst, biases + at);
+        cp_async_ca<16>(s_dst, scales + at), cp_async_ca<16>(b_dst, biases + at);
       } else if (scale_row_bytes == 8) {
-        cp_async<8>(s_dst, scales + at), cp_async<8>(b_dst, biases + at);
+        cp_async_ca<8>(s_dst, scales + at), cp_async_ca<8>(b_dst, biases + at);
       } else {
-        cp_async<4>(s_dst, scales + at), cp_async<4>(b_dst, biases + at);
+        cp_async_ca<4>(s_dst, scales + at), cp_async_ca<4>(b_dst, biases + at);
       }
     }
     // The previous stage's scales have landed once only this stage's group is in flight: then
@@ -206,7 +196,7 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
     // the consumers never wait on a stage whose announcement needs a free slot.
     cp_async_commit();
     if (announce_previous) {
-      cp_async_wait_all_but_one();
+      cp_async_wait<1>();  // at most one committed group still in flight
       mbar_arrive(previous_full);
     }
     previous_full = full;
@@ -229,8 +219,8 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const std::uint32_t full0 = smem_u32(&full_bars[0]);
-  const std::uint32_t empty0 = smem_u32(&empty_bars[0]);
+  const std::uint32_t full0 = shared_address(&full_bars[0]);
+  const std::uint32_t empty0 = shared_address(&empty_bars[0]);
   if (threadIdx.x == 0) {
     for (int s = 0; s < geo.stages; ++s) {
       mbar_init(full0 + 8 * s, 1 + 32);  // lane 0's expect_tx arrival + one per producer lane
