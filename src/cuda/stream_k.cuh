@@ -65,6 +65,14 @@ __device__ __forceinline__ void zero(float (&f)[A][B]) {
     for (int j = 0; j < B; ++j) f[i][j] = 0.0f;
 }
 
+/// Adds one to a row block's arrival counter with release and acquire semantics at GPU scope and
+/// returns the previous count.
+__device__ __forceinline__ int arrive_acq_rel(int* counter) {
+  int previous;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(previous) : "l"(counter) : "memory");
+  return previous;
+}
+
 /// Item range [start, end) of block b.
 __device__ __forceinline__ std::int64_t item_start(std::int64_t items, int blocks, int b) {
   return items * b / blocks;
@@ -132,17 +140,20 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
     for (int t = 0; t < TokenTiles; ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) mine[((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x] = acc[tile][t][e];
-  __threadfence();
+  // Every thread's stores happen before thread 0's arrival (the barrier), and the arrival is a
+  // release at GPU scope, so they are visible to whichever block sees the count complete. Its
+  // acquire side orders this block's reads of the others' partials after their arrivals. No
+  // __threadfence(): that is a sequentially consistent fence (fence.sc.gpu), which the traces
+  // measured at ~1 us per call on the H100 (bench/NOTES.md v9).
   Sync{}();
   const int first_block = block_of_item(items, p.blocks, rb_first_item);
   const int last_block = block_of_item(items, p.blocks, rb_first_item + p.segments - 1);
   if (threadIdx.x == 0) {
-    const int arrived = atomicAdd(&p.counters[rb], 1);
+    const int arrived = arrive_acq_rel(&p.counters[rb]);
     *s_is_last = arrived == last_block - first_block;
   }
   Sync{}();
   if (*s_is_last) {
-    __threadfence();
     zero(acc);
     // Loads of kBatch partials are issued together (one L2 round trip per batch); the sum
     // still runs in block order, so the result does not depend on the batching.
