@@ -27,14 +27,12 @@ struct SegmentLoad {
   T b[4];
 };
 
-/// MMAs of one 128-value segment. x is read straight from global memory (it is small and hot in
-/// L1/L2): staging it in shared memory per chunk of segments measured slower (bench/NOTES.md).
-template <typename T, int Bits, int TokenTiles>
-__device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
-                                                const stream_k::Params& p, int seg, int c, int token) {
-  const int k_chunk = seg * qmm::detail::cuda_dispatch::kMmaSegment + 32 * c;
-  const bool valid = k_chunk < p.K;
-  const T* x = static_cast<const T*>(p.x);
+/// MMAs of one 128-value segment. `load_x(t, pair)` returns the 8 values of x this thread feeds
+/// in step pair `pair` of token tile t (zeros for tokens past M and chunks past K); the callers
+/// below differ only in how they address x.
+template <typename T, int Bits, int TokenTiles, typename LoadX>
+__device__ __forceinline__ void mma_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
+                                            LoadX&& load_x) {
   // In a register, so the 4-bit path merges mask and magic into one LOP3.
   const std::uint32_t magic = pair_magic<T, Bits>();
   using T2 = typename Types<T>::T2;
@@ -47,11 +45,7 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
     std::uint32_t bx[TokenTiles][4];
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t) {
-      const int m = t * 8 + token;
-      uint4 X = make_uint4(0, 0, 0, 0);
-      if (valid && m < p.M) {
-        X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k_chunk + 8 * pair));
-      }
+      const uint4 X = load_x(t, pair);
       bx[t][0] = __byte_perm(X.x, X.z, 0x5410);  // (x0, x4)
       bx[t][1] = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
       bx[t][2] = __byte_perm(X.y, X.w, 0x5410);  // (x2, x6)
@@ -74,6 +68,54 @@ __device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], 
       }
     }
   }
+}
+
+/// MMAs of segment `seg`, x read straight from global memory (it is small and hot in L1/L2):
+/// staging it in shared memory per chunk of segments measured slower (bench/NOTES.md). Handles
+/// the K tail (chunks past K feed zeros).
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void compute_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
+                                                const stream_k::Params& p, int seg, int c, int token) {
+  const int k_chunk = seg * qmm::detail::cuda_dispatch::kMmaSegment + 32 * c;
+  const bool valid = k_chunk < p.K;
+  const T* x = static_cast<const T*>(p.x);
+  mma_segment<T, Bits, TokenTiles>(acc, L, [&](int t, int pair) {
+    const int m = t * 8 + token;
+    uint4 X = make_uint4(0, 0, 0, 0);
+    if (valid && m < p.M) {
+      X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(m) * p.K + k_chunk + 8 * pair));
+    }
+    return X;
+  });
+}
+
+/// x rows of a thread for a run of whole segments (no K tail): per token tile, the address of its
+/// chunk in the run's first segment and whether the token exists (m < M).
+template <typename T, int TokenTiles>
+struct TokenCursor {
+  const T* x[TokenTiles];
+  bool live[TokenTiles];
+
+  __device__ __forceinline__ TokenCursor(const stream_k::Params& p, int first_segment, int c, int token) {
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+      const int m = t * 8 + token;
+      live[t] = m < p.M;
+      x[t] = static_cast<const T*>(p.x) + static_cast<std::int64_t>(live[t] ? m : 0) * p.K +
+             first_segment * qmm::detail::cuda_dispatch::kMmaSegment + 32 * c;
+    }
+  }
+};
+
+/// MMAs of a whole segment `offset` values past the cursor's first segment.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void compute_whole_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
+                                                      const TokenCursor<T, TokenTiles>& xs, int offset) {
+  mma_segment<T, Bits, TokenTiles>(acc, L, [&](int t, int pair) {
+    uint4 X = make_uint4(0, 0, 0, 0);
+    if (xs.live[t]) X = __ldg(reinterpret_cast<const uint4*>(xs.x[t] + offset + 8 * pair));
+    return X;
+  });
 }
 
 }  // namespace qmm::cuda::mma
