@@ -254,6 +254,7 @@ TEST(CudaMatmul, BatchInvariance) {
       // 4160 = 32.5 segments: the row blocks' last segment is the K-tail path after the
       // one-token-tile kernel's two-segment loop.
       for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{1024, 5120}, {5120, 1024}, {300, 4096}, {260, 4160}}) {
+        if (kernel == "qmv_tma" && K % 256 != 0) continue;  // qmv_tma takes K in 256-value slices
         SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
         const QuantizedWeights q = quantize(random_tensor({N, K}, dt, rng, 0.5f).to(kGpu), 64, 4);
         const Tensor x = random_tensor({16, K}, dt, rng).to(kGpu);

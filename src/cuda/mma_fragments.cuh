@@ -101,6 +101,17 @@ __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p,
   if constexpr (Bits == 4) {
     // Nibbles j and j+4 of word p are already in place: one shift, one LOP3.
     return and_or(c.w[p] >> (4 * j), 0x000F000Fu, magic);
+  } else if constexpr (Bits == 2) {
+    // Pair p is 16 bits of word p/2: one byte permute puts values 0-3 in byte 0 and values 4-7
+    // in byte 2 (bytes 1 and 3 zero), after which value j and j+4 are 2j bits up in each half.
+    // The permute depends on p only, so the four j of a pair share it.
+    const std::uint32_t spread = __byte_perm(c.w[p >> 1], 0u, (p & 1) ? 0x4342u : 0x4140u);
+    return and_or(spread >> (2 * j), 0x00030003u, magic);
+  } else if constexpr (Bits == 8) {
+    // Value 8p+j is byte j of word 2p and value 8p+j+4 byte j of word 2p+1: one byte permute
+    // puts them in bytes 0 and 2, one LOP3 clears bytes 1 and 3 and adds the magic.
+    const std::uint32_t sel = static_cast<std::uint32_t>(j) * 0x0011u + static_cast<std::uint32_t>(4 + j) * 0x1100u;
+    return and_or(__byte_perm(c.w[2 * p], c.w[2 * p + 1], sel), 0x00FF00FFu, magic);
   } else {
     return (chunk_value<Bits>(c, 8 * p + j) | (chunk_value<Bits>(c, 8 * p + j + 4) << 16)) | magic;
   }

@@ -81,8 +81,8 @@ __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, cons
 /// One token tile: segments [s0, s1) of a row block, two per iteration with two register buffers
 /// that trade places (A computes while B loads, then the reverse), so no buffer is ever copied.
 /// Measured on the H100 against the one-buffer loop below: 3-7 % faster at M <= 8 on the large
-/// shapes; with two token tiles the unrolled body was slower, so they keep the loop below
-/// (bench/NOTES.md v9). The row block's partial last segment (K % 128 != 0), if the run holds it,
+/// shapes; with two token tiles the unrolled body was slower, and 8-bit weights (two 40-register
+/// buffers) spill in it, so those keep the loop below (bench/NOTES.md v9). The row block's partial last segment (K % 128 != 0), if the run holds it,
 /// is computed after the loop by the K-tail path. Same MMAs in the same order as the loop
 /// below, so every output bit is the same whichever path ran.
 template <typename T, int Bits>
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
 
-    if constexpr (TokenTiles == 1) {
+    if constexpr (TokenTiles == 1 && Bits != 8) {
       run_one_tile<T, Bits>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
     } else {
       run_tiles<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
