@@ -78,15 +78,21 @@ __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, cons
   }
 }
 
-/// One token tile: segments [s0, s1) of a row block, two per iteration with two register buffers
-/// that trade places (A computes while B loads, then the reverse), so no buffer is ever copied.
-/// Measured on the H100 against the one-buffer loop below: 3-7 % faster at M <= 8 on the large
-/// shapes; with two token tiles the unrolled body was slower, and 8-bit weights (two 40-register
-/// buffers) spill in it, so those keep the loop below (bench/NOTES.md v9). The row block's partial last segment (K % 128 != 0), if the run holds it,
-/// is computed after the loop by the K-tail path. Same MMAs in the same order as the loop
-/// below, so every output bit is the same whichever path ran.
-template <typename T, int Bits>
-__device__ __forceinline__ void run_one_tile(float (&acc)[2][1][4], const MmaParams& p,
+/// Which run loop a kernel takes: the two-buffer loop where it compiles without spilling
+/// (1 token tile up to 6 bits, 2 token tiles up to 4 bits), the one-buffer loop otherwise.
+/// Measured on the H100 against the one-buffer loop (bench/NOTES.md v9): 5-9 % faster at M <= 8
+/// and 3-7 % at M = 9..16 on the large shapes, 1-3 % slower at M = 9..16 on 5120 -> 1024.
+constexpr bool two_buffer_loop(int token_tiles, int bits) {
+  return (token_tiles == 1 && bits <= 6) || (token_tiles == 2 && bits <= 4);
+}
+
+/// Segments [s0, s1) of a row block, two per iteration with two register buffers that trade
+/// places (A computes while B loads, then the reverse), so no buffer is ever copied. Whole
+/// segments only: the row block's partial last segment (K % 128 != 0), if the run holds it, is
+/// computed after the loop by the K-tail path. Same MMAs in the same order as run_one_buffer, so every
+/// output bit is the same whichever loop ran (batch invariance across 8 and 16 tokens).
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                              const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                              const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
   const int whole_end = min(s1, p.K / kMmaSegment);
@@ -96,7 +102,7 @@ __device__ __forceinline__ void run_one_tile(float (&acc)[2][1][4], const MmaPar
 #pragma unroll
   for (int i = 0; i < 4; ++i) w[i] = wrow[i] + static_cast<std::int64_t>(s0 * 4 + c) * Bits;
   int g = (s0 * kMmaSegment + 32 * c) >> p.group_shift;
-  const mma::TokenCursor<T, 1> xs(p, s0, c, row_in_8);
+  const mma::TokenCursor<T, TokenTiles> xs(p, s0, c, row_in_8);
   int seg = s0;
   if (seg < whole_end) {
     SegmentLoad<T, Bits> A, B;
@@ -104,13 +110,13 @@ __device__ __forceinline__ void run_one_tile(float (&acc)[2][1][4], const MmaPar
     int x_offset = 0;
     for (;;) {
       if (seg + 1 < whole_end) load_whole_segment<T, Bits>(B, w, kSegmentWords, srow, brow, g + group_step);
-      mma::compute_whole_segment<T, Bits, 1>(acc, A, xs, x_offset);
+      mma::compute_whole_segment<T, Bits, TokenTiles>(acc, A, xs, x_offset);
       if (seg + 1 >= whole_end) {
         seg += 1;
         break;
       }
       if (seg + 2 < whole_end) load_whole_segment<T, Bits>(A, w, 2 * kSegmentWords, srow, brow, g + 2 * group_step);
-      mma::compute_whole_segment<T, Bits, 1>(acc, B, xs, x_offset + kMmaSegment);
+      mma::compute_whole_segment<T, Bits, TokenTiles>(acc, B, xs, x_offset + kMmaSegment);
       seg += 2;
       g += 2 * group_step;
       x_offset += 2 * kMmaSegment;
@@ -122,14 +128,14 @@ __device__ __forceinline__ void run_one_tile(float (&acc)[2][1][4], const MmaPar
   if (seg < s1) {
     SegmentLoad<T, Bits> L;
     load_segment<T, Bits>(L, p, wrow, srow, brow, seg, c);
-    compute_segment<T, Bits, 1>(acc, L, p, seg, c, row_in_8);
+    compute_segment<T, Bits, TokenTiles>(acc, L, p, seg, c, row_in_8);
   }
 }
 
-/// Two or more token tiles: segments [s0, s1) with a register double buffer, the next segment's
-/// loads in flight while this one computes.
+/// Segments [s0, s1) with one register buffer for the next segment, whose loads are in flight
+/// while this one computes (then it is copied into the current one).
 template <typename T, int Bits, int TokenTiles>
-__device__ __forceinline__ void run_tiles(float (&acc)[2][TokenTiles][4], const MmaParams& p,
+__device__ __forceinline__ void run_one_buffer(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                           const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
   SegmentLoad<T, Bits> current;
@@ -176,10 +182,10 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
 
-    if constexpr (TokenTiles == 1 && Bits != 8) {
-      run_one_tile<T, Bits>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+    if constexpr (two_buffer_loop(TokenTiles, Bits)) {
+      run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
     } else {
-      run_tiles<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+      run_one_buffer<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
     }
 
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);

@@ -44,7 +44,7 @@ struct Params {
   int segments;
   int blocks;
   int* counters;    // one per row block, zero between calls
-  float* partials;  // [blocks][2][fragment floats]
+  float* partials;  // [blocks][2][fragment]: float4 (acc[tile][t][0..3]) per (tile, t), thread-contiguous
 };
 
 /// Sets an accumulator fragment (or any small fixed-size float array) to zero.
@@ -133,13 +133,13 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
   // Partial row block: publish, and let the last contributor reduce in block order. A block's
   // run can start inside one row block (slot 0) and end inside another (slot 1).
   const int slot = first == start ? 0 : 1;
-  float* mine = p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats;
+  float4* mine = reinterpret_cast<float4*>(p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats);
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) mine[((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x] = acc[tile][t][e];
+      mine[(tile * TokenTiles + t) * kMmaThreads + threadIdx.x] =
+          make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
   // Every thread's stores happen before thread 0's arrival (the barrier), and the arrival is a
   // release at GPU scope, so they are visible to whichever block sees the count complete. Its
   // acquire side orders this block's reads of the others' partials after their arrivals. No
@@ -159,20 +159,18 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
     // still runs in block order, so the result does not depend on the batching.
     constexpr int kBatch = TokenTiles <= 1 ? 4 : 4 / TokenTiles > 0 ? 4 / TokenTiles : 1;
     for (int b0 = first_block; b0 <= last_block; b0 += kBatch) {
-      float v[kBatch][2][TokenTiles][4];
+      float4 v[kBatch][2][TokenTiles];
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
         const int b = b0 + j;
         if (b > last_block) break;
         const int b_slot = item_start(items, p.blocks, b) >= rb_first_item ? 0 : 1;
-        const float* theirs = p.partials + (static_cast<std::int64_t>(b) * 2 + b_slot) * kFragmentFloats;
+        const float4* theirs =
+            reinterpret_cast<const float4*>(p.partials + (static_cast<std::int64_t>(b) * 2 + b_slot) * kFragmentFloats);
 #pragma unroll
         for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-          for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              v[j][tile][t][e] = __ldcg(theirs + ((tile * TokenTiles + t) * 4 + e) * kMmaThreads + threadIdx.x);
+          for (int t = 0; t < TokenTiles; ++t) v[j][tile][t] = __ldcg(theirs + (tile * TokenTiles + t) * kMmaThreads + threadIdx.x);
       }
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
@@ -180,9 +178,12 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
 #pragma unroll
         for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-          for (int t = 0; t < TokenTiles; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[tile][t][e] += v[j][tile][t][e];
+          for (int t = 0; t < TokenTiles; ++t) {
+            acc[tile][t][0] += v[j][tile][t].x;
+            acc[tile][t][1] += v[j][tile][t].y;
+            acc[tile][t][2] += v[j][tile][t].z;
+            acc[tile][t][3] += v[j][tile][t].w;
+          }
       }
     }
     store_output<T, TokenTiles>(acc, p, rb, warp, lane);
