@@ -5,7 +5,9 @@
 // dimension). Weights are the 16-row A operand of mma.m16n8k16, tokens the 8-wide B operand,
 // fp32 accumulation.
 //
-// Work split: stream-K over (128-row block, 128-value K segment) items, see stream_k.cuh.
+// Work split: stream-K over (128-row block, 128-value K segment) items, see stream_k.cuh. A
+// block's run of segments streams through registers: the next segment's loads are in flight
+// while the current one computes (run_two_buffers / run_one_buffer below).
 //
 // The dequantized weight s*q + b is formed with one fused 16-bit multiply-add from the exact
 // integer q (qmv_mma_segment.cuh, mma_fragments.cuh). Folding scale and bias after the MMA in
@@ -78,8 +80,9 @@ __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, cons
   }
 }
 
-/// Which run loop a kernel takes: the two-buffer loop where it compiles without spilling
-/// (1 token tile up to 6 bits, 2 token tiles up to 4 bits), the one-buffer loop otherwise.
+/// Which run loop a kernel takes: the two-buffer loop where its registers fit (1 token tile up to
+/// 6 bits, 2 token tiles up to 4 bits; at most 8 bytes of spill, outside the loop), the one-buffer
+/// loop otherwise (8-bit weights and wider token tiles spill in it).
 /// Measured on the H100 against the one-buffer loop (bench/NOTES.md v9): 5-9 % faster at M <= 8
 /// and 3-7 % at M = 9..16 on the large shapes, 1-3 % slower at M = 9..16 on 5120 -> 1024.
 constexpr bool two_buffer_loop(int token_tiles, int bits) {
@@ -89,12 +92,12 @@ constexpr bool two_buffer_loop(int token_tiles, int bits) {
 /// Segments [s0, s1) of a row block, two per iteration with two register buffers that trade
 /// places (A computes while B loads, then the reverse), so no buffer is ever copied. Whole
 /// segments only: the row block's partial last segment (K % 128 != 0), if the run holds it, is
-/// computed after the loop by the K-tail path. Same MMAs in the same order as run_one_buffer, so every
-/// output bit is the same whichever loop ran (batch invariance across 8 and 16 tokens).
+/// computed after the loop by the K-tail path. Same MMAs in the same order as run_one_buffer, so
+/// every output bit is the same whichever loop ran (batch invariance across 8 and 16 tokens).
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], const MmaParams& p,
-                                             const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
-                                             const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
+                                                const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                                const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
   const int whole_end = min(s1, p.K / kMmaSegment);
   const int group_step = kMmaSegment >> p.group_shift;
   constexpr int kSegmentWords = kMmaSegment * Bits / 32;
@@ -136,8 +139,8 @@ __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], 
 /// while this one computes (then it is copied into the current one).
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_one_buffer(float (&acc)[2][TokenTiles][4], const MmaParams& p,
-                                          const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
-                                          const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
+                                               const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                               const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
   SegmentLoad<T, Bits> current;
   load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
   for (int seg = s0; seg < s1; ++seg) {

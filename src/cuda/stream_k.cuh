@@ -133,7 +133,8 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
   // Partial row block: publish, and let the last contributor reduce in block order. A block's
   // run can start inside one row block (slot 0) and end inside another (slot 1).
   const int slot = first == start ? 0 : 1;
-  float4* mine = reinterpret_cast<float4*>(p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats);
+  float4* mine =
+      reinterpret_cast<float4*>(p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats);
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
@@ -170,7 +171,8 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
 #pragma unroll
         for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-          for (int t = 0; t < TokenTiles; ++t) v[j][tile][t] = __ldcg(theirs + (tile * TokenTiles + t) * kMmaThreads + threadIdx.x);
+          for (int t = 0; t < TokenTiles; ++t)
+            v[j][tile][t] = __ldcg(theirs + (tile * TokenTiles + t) * kMmaThreads + threadIdx.x);
       }
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
