@@ -94,6 +94,13 @@ __device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b
   return d;
 }
 
+/// (a & ~mask) | (b & mask) in one LOP3.
+__device__ __forceinline__ std::uint32_t bit_select(std::uint32_t a, std::uint32_t b, std::uint32_t mask) {
+  std::uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xD8;" : "=r"(d) : "r"(a), "r"(b), "r"(mask));
+  return d;
+}
+
 /// The pair (value 8p+j, value 8p+j+4) as two 16-bit integers in one word (low, high), each
 /// OR-ed with `magic` (the exponent bits that make it an exact 16-bit float, see dequant_pair).
 template <int Bits>
@@ -107,6 +114,16 @@ __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p,
     // The permute depends on p only, so the four j of a pair share it.
     const std::uint32_t spread = __byte_perm(c.w[p >> 1], 0u, (p & 1) ? 0x4342u : 0x4140u);
     return and_or(spread >> (2 * j), 0x00030003u, magic);
+  } else if constexpr (Bits == 3) {
+    // Pair p is the 24 bits at bit 24p of the chunk's 96: one funnel shift brings them to bit 0,
+    // one shift and one LOP3 move values 4-7 (bits 12-23) to bits 16-27, after which value j
+    // and j+4 are 3j bits up in each half. The first three depend on p only (shared by the j).
+    const std::uint32_t u = p == 0   ? c.w[0]
+                            : p == 1 ? __funnelshift_r(c.w[0], c.w[1], 24)
+                            : p == 2 ? __funnelshift_r(c.w[1], c.w[2], 16)
+                                     : c.w[2] >> 8;
+    const std::uint32_t spread = bit_select(u, u << 4, 0xFFFF0000u);
+    return and_or(spread >> (3 * j), 0x00070007u, magic);
   } else if constexpr (Bits == 8) {
     // Value 8p+j is byte j of word 2p and value 8p+j+4 byte j of word 2p+1: one byte permute
     // puts them in bytes 0 and 2, one LOP3 clears bytes 1 and 3 and adds the magic.
