@@ -76,17 +76,6 @@ __device__ __forceinline__ Chunk<Bits> load_chunk(const std::uint32_t* p) {
   return c;
 }
 
-/// Value i (0..31) of a chunk; i is a compile-time constant after unrolling.
-template <int Bits>
-__device__ __forceinline__ std::uint32_t chunk_value(const Chunk<Bits>& c, int i) {
-  const int bit = i * Bits;
-  const int word = bit >> 5;
-  const int offset = bit & 31;
-  std::uint32_t v = c.w[word] >> offset;
-  if (offset + Bits > 32) v |= c.w[word + 1] << (32 - offset);
-  return v & ((1u << Bits) - 1u);
-}
-
 /// (a & b) | c in one LOP3; written in PTX because with two immediates the compiler emits two.
 __device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
   std::uint32_t d;
@@ -103,6 +92,9 @@ __device__ __forceinline__ std::uint32_t bit_select(std::uint32_t a, std::uint32
 
 /// The pair (value 8p+j, value 8p+j+4) as two 16-bit integers in one word (low, high), each
 /// OR-ed with `magic` (the exponent bits that make it an exact 16-bit float, see dequant_pair).
+/// Values are packed LSB first (value i at bit i*Bits of the chunk's 32*Bits bits, MLX's order);
+/// p and j are compile-time constants after unrolling, so each width is a few shifts, byte
+/// permutes and LOP3s per pair, with the work that depends on p only shared by its four j.
 template <int Bits>
 __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p, int j, std::uint32_t magic) {
   if constexpr (Bits == 4) {
@@ -124,13 +116,37 @@ __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p,
                                      : c.w[2] >> 8;
     const std::uint32_t spread = bit_select(u, u << 4, 0xFFFF0000u);
     return and_or(spread >> (3 * j), 0x00070007u, magic);
-  } else if constexpr (Bits == 8) {
+  } else if constexpr (Bits == 5) {
+    // Pair p is 40 bits at bit 40p: values 0-3 in the low 20 (lo), values 4-7 in the next 20
+    // (hi), value k of each at bit 5k. One LOP3 puts lo's low 16 bits and hi's in the two halves
+    // (values j = 0..2), a second pair of shifts and LOP3 does the same from bit 15 (j = 3).
+    const std::uint32_t lo = p == 0   ? c.w[0]
+                             : p == 1 ? __funnelshift_r(c.w[1], c.w[2], 8)
+                             : p == 2 ? __funnelshift_r(c.w[2], c.w[3], 16)
+                                      : __funnelshift_r(c.w[3], c.w[4], 24);
+    const std::uint32_t hi = p == 0   ? __funnelshift_r(c.w[0], c.w[1], 20)
+                             : p == 1 ? __funnelshift_r(c.w[1], c.w[2], 28)
+                             : p == 2 ? c.w[3] >> 4
+                                      : c.w[4] >> 12;
+    const std::uint32_t spread = j < 3 ? bit_select(lo, hi << 16, 0xFFFF0000u) >> (5 * j)
+                                       : bit_select(lo >> 15, hi << 1, 0xFFFF0000u);
+    return and_or(spread, 0x001F001Fu, magic);
+  } else if constexpr (Bits == 6) {
+    // Pair p is 48 bits at bit 48p: values 0-3 in the low 24 (lo), values 4-7 in the next 24
+    // (hi), value k of each at bit 6k. One LOP3 puts the low 16 bits of lo and hi in the two
+    // halves (j = 0, 1), another the 16 bits from bit 12 (j = 2, 3).
+    const int w0 = 3 * (p >> 1);
+    const std::uint32_t lo = (p & 1) == 0 ? c.w[w0] : __funnelshift_r(c.w[w0 + 1], c.w[w0 + 2], 16);
+    const std::uint32_t hi = (p & 1) == 0 ? __funnelshift_r(c.w[w0], c.w[w0 + 1], 24) : c.w[w0 + 2] >> 8;
+    const std::uint32_t spread = j < 2 ? bit_select(lo, hi << 16, 0xFFFF0000u) >> (6 * j)
+                                       : bit_select(lo >> 12, hi << 4, 0xFFFF0000u) >> (6 * (j - 2));
+    return and_or(spread, 0x003F003Fu, magic);
+  } else {
+    static_assert(Bits == 8, "bits 2, 3, 4, 5, 6 and 8 are the MLX widths");
     // Value 8p+j is byte j of word 2p and value 8p+j+4 byte j of word 2p+1: one byte permute
     // puts them in bytes 0 and 2, one LOP3 clears bytes 1 and 3 and adds the magic.
     const std::uint32_t sel = static_cast<std::uint32_t>(j) * 0x0011u + static_cast<std::uint32_t>(4 + j) * 0x1100u;
     return and_or(__byte_perm(c.w[2 * p], c.w[2 * p + 1], sel), 0x00FF00FFu, magic);
-  } else {
-    return (chunk_value<Bits>(c, 8 * p + j) | (chunk_value<Bits>(c, 8 * p + j + 4) << 16)) | magic;
   }
 }
 
