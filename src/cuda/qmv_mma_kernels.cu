@@ -83,9 +83,9 @@ __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, cons
 /// Which run loop a kernel takes: the two-buffer loop where its registers fit (1 token tile up to
 /// 6 bits, 2 and 4 token tiles up to 4 bits; at most 8 bytes of spill, outside the loop), the
 /// one-buffer loop otherwise (8-bit weights and 8 token tiles spill in it).
-/// Measured on the H100 against the one-buffer loop (bench/NOTES.md v9): 5-9 % faster at M <= 8,
-/// 3-7 % at M = 9..16 and 1-1.5 % at M = 32 on the large shapes; 1-3 % slower at M = 9..16 on
-/// 5120 -> 1024.
+/// Measured on the H100 against the one-buffer loop (bench/NOTES.md v9): 4-9 % faster at M <= 8
+/// and 2-7 % at M = 9..16 on 5120 -> 5120 / 13824 and 13824 -> 5120, 1-1.5 % at M = 32 on the
+/// two large ones; 1-3 % slower at M = 9..16 on 5120 -> 1024.
 constexpr bool two_buffer_loop(int token_tiles, int bits) {
   return (token_tiles == 1 && bits <= 6) || (token_tiles == 2 && bits <= 4) || (token_tiles == 4 && bits <= 4);
 }
