@@ -61,7 +61,7 @@ if [ "$PHASE" != tests ]; then
 PEER_ARGS=()
 if [ "$PEERS" = 1 ]; then
   step peers
-  PYTHONUNBUFFERED=1 timeout 480 python3 bench/peers/run_peers.py --preset qwen2.5-14b --m 1-16,32,64 ${PEER_LIST:+--peers $PEER_LIST} --peer-timeout "${PEER_TIMEOUT:-110}" \
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/peers/run_peers.py --preset qwen2.5-14b --m 1-16,32,64 ${PEER_LIST:+--peers $PEER_LIST} --peer-timeout "${PEER_TIMEOUT:-240}" \
     --budget-ms "$BUDGET" --json "$OUT/peers.json" >"$LOGS/peers.log" 2>&1
   tail -12 "$LOGS/peers.log"
   [ -s "$OUT/peers.json" ] && PEER_ARGS=(--peers "$OUT/peers.json")
