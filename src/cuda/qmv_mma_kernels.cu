@@ -81,7 +81,7 @@ __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, cons
 }
 
 /// Which run loop a kernel takes: the two-buffer loop where its registers fit (1 token tile up to
-/// 6 bits, 2 and 4 token tiles up to 4 bits; at most 8 bytes of spill, outside the loop), the
+/// 6 bits, 2 and 4 token tiles up to 4 bits; ptxas reports at most 8 bytes of spill), the
 /// one-buffer loop otherwise (8-bit weights and 8 token tiles spill in it).
 /// Measured on the H100 against the one-buffer loop (bench/NOTES.md v9): 4-9 % faster at M <= 8
 /// and 2-7 % at M = 9..16 on 5120 -> 5120 / 13824 and 13824 -> 5120, 1-1.5 % at M = 32 on the
