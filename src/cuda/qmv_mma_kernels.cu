@@ -42,19 +42,29 @@ using qmm::cuda::stream_k::item_start;
 using mma::SegmentLoad;
 using mma::compute_segment;
 
+/// Loads a whole segment (no K tail): chunks `offset` words past the row pointers w, scales and
+/// biases of group g.
+template <typename T, int Bits>
+__device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, const std::uint32_t* const (&w)[4],
+                                                   std::int64_t offset, const T* const (&srow)[4],
+                                                   const T* const (&brow)[4], int g) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    L.chunk[i] = mma::load_chunk<Bits>(w[i] + offset);
+    L.s[i] = srow[i][g];
+    L.b[i] = brow[i][g];
+  }
+}
+
+/// Loads segment `seg` (this thread's chunk c of it), zeros for a chunk past K.
 template <typename T, int Bits>
 __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
                                              const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                              const T* const (&brow)[4], int seg, int c) {
   const int k_chunk = seg * kMmaSegment + 32 * c;
   if (k_chunk < p.K) {
-    const int g = k_chunk >> p.group_shift;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      L.chunk[i] = mma::load_chunk<Bits>(wrow[i] + static_cast<std::int64_t>(seg * 4 + c) * Bits);
-      L.s[i] = srow[i][g];
-      L.b[i] = brow[i][g];
-    }
+    load_whole_segment<T, Bits>(L, wrow, static_cast<std::int64_t>(seg * 4 + c) * Bits, srow, brow,
+                                k_chunk >> p.group_shift);
   } else {
     // K tail: zero weights (q = 0, s = 0, b = 0) so the MMA adds exact zeros.
 #pragma unroll
@@ -64,19 +74,6 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
       L.s[i] = T(0.0f);
       L.b[i] = T(0.0f);
     }
-  }
-}
-
-/// Loads a whole segment (no K tail) `offset` words past the row cursors w, scale/bias group g.
-template <typename T, int Bits>
-__device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, const std::uint32_t* const (&w)[4],
-                                                   int offset, const T* const (&srow)[4], const T* const (&brow)[4],
-                                                   int g) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    L.chunk[i] = mma::load_chunk<Bits>(w[i] + offset);
-    L.s[i] = srow[i][g];
-    L.b[i] = brow[i][g];
   }
 }
 

@@ -44,7 +44,7 @@ struct Params {
   int segments;
   int blocks;
   int* counters;    // one per row block, zero between calls
-  float* partials;  // [blocks][2][fragment]: float4 (acc[tile][t][0..3]) per (tile, t), thread-contiguous
+  float* partials;  // [blocks][2][fragment]: per (tile, t) one float4 acc[tile][t][0..3] per thread
 };
 
 /// Sets an accumulator fragment (or any small fixed-size float array) to zero.
@@ -144,8 +144,8 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
   // Every thread's stores happen before thread 0's arrival (the barrier), and the arrival is a
   // release at GPU scope, so they are visible to whichever block sees the count complete. Its
   // acquire side orders this block's reads of the others' partials after their arrivals. No
-  // __threadfence(): that is a sequentially consistent fence (fence.sc.gpu), which the traces
-  // measured at ~1 us per call on the H100 (bench/NOTES.md v9).
+  // __threadfence(): that is a sequentially consistent fence (fence.sc.gpu); dropping the two it
+  // took saved 0.4-0.5 us per call on the H100 (bench/NOTES.md v9).
   Sync{}();
   const int first_block = block_of_item(items, p.blocks, rb_first_item);
   const int last_block = block_of_item(items, p.blocks, rb_first_item + p.segments - 1);
