@@ -73,6 +73,23 @@ __device__ __forceinline__ int arrive_acq_rel(int* counter) {
   return previous;
 }
 
+/// An L2 policy that keeps what it is attached to (evict_last) while the weights stream past.
+__device__ __forceinline__ std::uint64_t evict_last_policy() {
+  std::uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+/// Stores a partial under `policy`. Partials published early in the kernel were being pushed out
+/// to DRAM by the 20-40 MB of weights streaming through L2 before the last contributor read
+/// them: evict_last took 0.4-0.9 us off 5120 -> 13824 and 13824 -> 5120 at M <= 16 on the H100
+/// (bench/NOTES.md v10).
+__device__ __forceinline__ void store_evict_last(float4* at, float4 v, std::uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.v4.f32 [%0], {%1, %2, %3, %4}, %5;\n" ::"l"(at), "f"(v.x), "f"(v.y), "f"(v.z),
+               "f"(v.w), "l"(policy)
+               : "memory");
+}
+
 /// Item range [start, end) of block b.
 __device__ __forceinline__ std::int64_t item_start(std::int64_t items, int blocks, int b) {
   return items * b / blocks;
@@ -135,12 +152,13 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
   const int slot = first == start ? 0 : 1;
   float4* mine =
       reinterpret_cast<float4*>(p.partials + (static_cast<std::int64_t>(blockIdx.x) * 2 + slot) * kFragmentFloats);
+  const std::uint64_t policy = evict_last_policy();
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t)
-      mine[(tile * TokenTiles + t) * kMmaThreads + threadIdx.x] =
-          make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
+      store_evict_last(mine + (tile * TokenTiles + t) * kMmaThreads + threadIdx.x,
+                       make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]), policy);
   // Every thread's stores happen before thread 0's arrival (the barrier), and the arrival is a
   // release at GPU scope, so they are visible to whichever block sees the count complete. Its
   // acquire side orders this block's reads of the others' partials after their arrivals. No
