@@ -49,20 +49,81 @@ TEST(CudaDispatch, CudaCoreKernelsForWhatTensorCoresCannotTake) {
   EXPECT_EQ(choose(vm, kH100).family, Family::qvm_columns);
 }
 
-/// M = 1..16 share one stream-K split (so every output bit is the same, batch invariance); the
+/// M = 1..16 share one split (so every output bit is the same, batch invariance); a stream-K
 /// grid fills every SM's resident slots and never exceeds the number of items.
 TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
+  const DeviceShape a100{108, 80}, sm80_132{132, 80};
   for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{13824, 5120}, {1024, 5120}, {300, 4096}, {8, 32}}) {
-    const int blocks = choose(shape(1, N, K), kH100).blocks;
+    for (const DeviceShape& d : {kH100, a100, sm80_132}) {
+      const KernelConfig first = choose(shape(1, N, K), d);
+      for (std::int64_t M = 2; M <= 16; ++M) {
+        const KernelConfig c = choose(shape(M, N, K), d);
+        EXPECT_EQ(c.blocks, first.blocks) << M;
+        EXPECT_EQ(c.cluster, first.cluster) << M;
+      }
+    }
+    // Stream-K (no clusters before sm_90).
+    const int blocks = choose(shape(1, N, K), sm80_132).blocks;
     const std::int64_t items = ((N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((K + kMmaSegment - 1) / kMmaSegment);
     EXPECT_EQ(blocks, std::max<std::int64_t>(1, std::min<std::int64_t>(items / kMinItemsPerBlock,
                                                                         132 * mma_blocks_per_sm(1))))
         << N << "x" << K;
-    for (std::int64_t M = 2; M <= 16; ++M) EXPECT_EQ(choose(shape(M, N, K), kH100).blocks, blocks) << M;
   }
-  EXPECT_EQ(choose(shape(1, 8, 32), kH100).blocks, 1);
+  EXPECT_EQ(choose(shape(1, 8, 32), sm80_132).blocks, 1);
   // Fewer SMs, fewer blocks.
-  EXPECT_EQ(choose(shape(1, 13824, 5120), DeviceShape{108, 80}).blocks, 108 * mma_blocks_per_sm(1));
+  EXPECT_EQ(choose(shape(1, 13824, 5120), a100).blocks, 108 * mma_blocks_per_sm(1));
+}
+
+/// On sm_90, M <= 16, dispatch splits K over clusters where the stream-K fixup costs more than
+/// the longer runs (cluster_split_pays), never past one wave of resident blocks.
+TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
+  for (std::int64_t M = 1; M <= 16; ++M) {
+    const KernelConfig qo = choose(shape(M, 5120, 5120), kH100);
+    EXPECT_EQ(qo.cluster, kMmaCluster) << M;
+    EXPECT_EQ(qo.blocks, 40 * kMmaCluster);
+    EXPECT_EQ(qo.name(), std::string(M <= 8 ? "qmv_mma_m8_c" : "qmv_mma_m16_c") + std::to_string(kMmaCluster));
+    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).blocks, 8 * kMmaCluster);
+    // 108 row blocks: clusters of 8 would need 864 resident blocks.
+    EXPECT_EQ(choose(shape(M, 13824, 5120), kH100).cluster, 0);
+    // 108 segments: 14 a block in clusters of 8 against 11 under stream-K.
+    EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 0);
+    EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 80}).cluster, 0);
+  }
+  EXPECT_EQ(choose(shape(17, 5120, 5120), kH100).cluster, 0);
+  EXPECT_EQ(choose(shape(64, 1024, 5120), kH100).cluster, 0);
+  EXPECT_EQ(choose(shape(3, 5120, 5120, 4, Dtype::float32), kH100).family, Family::qmv_warp_rows);
+}
+
+TEST(CudaDispatch, ForcedClusterSizes) {
+  const ProblemShape p = shape(12, 1024, 5120);
+  KernelConfig c = forced("qmv_mma_m8_c4", p, kH100);
+  EXPECT_EQ(c.family, Family::qmv_mma);
+  EXPECT_EQ(c.token_tiles, 1);
+  EXPECT_EQ(c.cluster, 4);
+  EXPECT_EQ(c.blocks, 8 * 4);
+  EXPECT_EQ(c.name(), "qmv_mma_m8_c4");
+  // The family name with a cluster takes the token tiles dispatch would.
+  EXPECT_EQ(forced("qmv_mma_c16", p, kH100).name(), "qmv_mma_m16_c16");
+  EXPECT_EQ(forced("qmv_mma_m64_c1", p, kH100).blocks, 8);
+  for (const char* bad : {"qmv_mma_m8_c0", "qmv_mma_m8_c17", "qmv_mma_c0"}) {
+    EXPECT_THROW(forced(bad, p, kH100), Error) << bad;
+  }
+  for (const char* unknown : {"qmv_mma_m8_c", "qmv_mma_m8_cx", "qmv_staged_m8_c8", "qmv_tma_m8_c8", "qmv_mma_m8_c12345"}) {
+    EXPECT_THROW(forced(unknown, p, kH100), Error) << unknown;
+  }
+  // Clusters need sm_90.
+  EXPECT_THROW(forced("qmv_mma_m8_c8", p, DeviceShape{108, 80}), Error);
+  EXPECT_THROW(forced("qmv_mma_m8_c8", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
+}
+
+TEST(CudaDispatch, KernelNameSuffixes) {
+  const Device gpu = Device::cuda(0);
+  for (const char* ok : {"qmv_mma_c8", "qmv_mma_m8_c8", "qmv_mma_m64_c16", "qmv_mma_m16_b77", "qmv_staged_m8_b3"}) {
+    EXPECT_TRUE(is_kernel_name(gpu, "quantized_matmul", ok)) << ok;
+  }
+  for (const char* bad : {"qmv_mma_c", "qmv_mma_cx", "qmv_staged_m8_c8", "qmv_tma_c8", "qmv_mma_b8", "qmv_warp_rows_c8"}) {
+    EXPECT_FALSE(is_kernel_name(gpu, "quantized_matmul", bad)) << bad;
+  }
 }
 
 TEST(CudaDispatch, Pure) {
@@ -78,7 +139,10 @@ TEST(CudaDispatch, ForcedNamesParse) {
   EXPECT_EQ(c.family, Family::qmv_staged);
   EXPECT_EQ(c.token_tiles, 2);
   EXPECT_EQ(c.blocks, std::min<int>(40 * 8 / kMinItemsPerBlock, 132 * staged_blocks_per_sm(4, 2)));
-  EXPECT_EQ(forced("qmv_mma_m8", p, kH100).blocks, choose(p, kH100).blocks);
+  // A tile name without a suffix is stream-K with dispatch's block count (dispatch itself splits
+  // this shape over clusters on sm_90).
+  EXPECT_EQ(forced("qmv_mma_m8", p, kH100).blocks, choose(p, DeviceShape{132, 80}).blocks);
+  EXPECT_EQ(forced("qmv_mma_m8", p, kH100).cluster, 0);
   c = forced("qmv_staged_m64_b77", p, kH100);
   EXPECT_EQ(c.token_tiles, 8);
   EXPECT_EQ(c.blocks, 77);

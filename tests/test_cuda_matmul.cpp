@@ -104,11 +104,13 @@ void check_case(const Case& c, std::mt19937& rng) {
 
 std::vector<std::string> mma_kernels() {
   return {"qmv_tma_m8",       "qmv_tma_m16",      "qmv_staged_m8", "qmv_staged_m16", "qmv_staged_m32",
-          "qmv_staged_m64",   "qmv_mma_m8",       "qmv_mma_m16",   "qmv_mma_m32",    "qmv_mma_m64"};
+          "qmv_staged_m64",   "qmv_mma_m8",       "qmv_mma_m16",   "qmv_mma_m32",    "qmv_mma_m64",
+          "qmv_mma_m8_c3",    "qmv_mma_m16_c8",   "qmv_mma_m32_c2", "qmv_mma_m64_c16"};
 }
-/// qmv_tma needs an sm_90 device; elsewhere its cases are skipped (dispatch never picks it there).
+/// qmv_tma and qmv_mma's cluster split ("_c<C>") need an sm_90 device; elsewhere their cases are
+/// skipped (dispatch never picks them there).
 bool device_runs(const std::string& kernel) {
-  if (kernel.rfind("qmv_tma", 0) != 0) return true;
+  if (kernel.rfind("qmv_tma", 0) != 0 && kernel.find("_c") == std::string::npos) return true;
   return device_info(kGpu).compute_capability >= 90;
 }
 /// K for the every-format sweep: qmv_tma takes K in 256-value slices (a 512-value K still splits
@@ -158,6 +160,23 @@ TEST(CudaMatmul, EveryMmaConfigEveryFormat) {
         for (int g : {32, 64, 128}) {
           for (std::int64_t M : {1, 5, 13}) check_case({M, 200, sweep_k(kernel), bits, g, dt, dt, true, kernel}, rng);
         }
+      }
+    }
+  }
+}
+
+/// qmv_mma's cluster split: every cluster size, clusters with more ranks than K segments (empty
+/// ranks), K tails, N tails, one to eight token tiles.
+TEST(CudaMatmul, ClusterSplitEveryClusterSize) {
+  QMM_REQUIRE_GPU();
+  if (!device_runs("qmv_mma_c2")) GTEST_SKIP() << "thread-block clusters need an sm_90 device";
+  std::mt19937 rng(17);
+  for (int cluster : {1, 2, 3, 5, 8, 16}) {
+    const std::string kernel = "qmv_mma_c" + std::to_string(cluster);
+    for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {1024, 2048}, {8, 320}}) {
+      for (std::int64_t M : {1, 8, 9, 16, 17, 40}) {
+        check_case({M, N, K, 4, 64, Dtype::float16, Dtype::float16, true, kernel}, rng);
+        check_case({M, N, K, 3, 32, Dtype::bfloat16, Dtype::bfloat16, true, kernel}, rng);
       }
     }
   }
@@ -245,7 +264,7 @@ TEST(CudaMatmul, CudaCoreKernelsEveryDtypeMix) {
 TEST(CudaMatmul, BatchInvariance) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(23);
-  for (const std::string kernel : {"", "qmv_tma", "qmv_mma"}) {
+  for (const std::string kernel : {"", "qmv_tma", "qmv_mma", "qmv_mma_c3", "qmv_mma_c8"}) {
     if (!device_runs(kernel)) continue;
     CallOptions opts;
     opts.kernel = kernel;
@@ -304,7 +323,7 @@ TEST(CudaMatmul, BatchedAndBroadcastInputs) {
 #if defined(QMM_HAVE_CUDA)
 TEST(CudaMatmul, CapturableInCudaGraph) {
   QMM_REQUIRE_GPU();
-  for (const std::string kernel : {"", "qmv_tma", "qmv_mma"}) {
+  for (const std::string kernel : {"", "qmv_tma", "qmv_mma", "qmv_mma_c8"}) {
     if (!device_runs(kernel)) continue;
     SCOPED_TRACE("kernel '" + kernel + "'");
     std::mt19937 rng(31);

@@ -463,13 +463,17 @@ DeviceInfo device_info(const Device& device) {
 
 bool is_kernel_name(const Device& device, const std::string& op, const std::string& name) {
   const auto names = kernel_names(device, op);
-  // A listed name, or a tensor-core tile name (qmv_<family>_m<rows>) followed by "_b<digits>" (a
-  // block count the backend checks).
-  return std::any_of(names.begin(), names.end(), [&name](const std::string& n) {
-    if (name == n) return true;
-    return n.rfind("qmv_", 0) == 0 && n.find("_m", 4) != std::string::npos && name.size() > n.size() + 2 && name.compare(0, n.size(), n) == 0 &&
-           name.compare(n.size(), 2, "_b") == 0 &&
+  // A listed name; a tensor-core tile name (qmv_<family>_m<rows>) followed by "_b<digits>" (a
+  // block count); or a qmv_mma name (tile or family) followed by "_c<digits>" (a cluster size).
+  // The backend checks the numbers.
+  const auto has_suffix = [&name](const std::string& n, const char* tag) {
+    return name.size() > n.size() + 2 && name.compare(0, n.size(), n) == 0 && name.compare(n.size(), 2, tag) == 0 &&
            name.find_first_not_of("0123456789", n.size() + 2) == std::string::npos;
+  };
+  return std::any_of(names.begin(), names.end(), [&](const std::string& n) {
+    if (name == n) return true;
+    const bool tile = n.rfind("qmv_", 0) == 0 && n.find("_m", 4) != std::string::npos;
+    return (tile && has_suffix(n, "_b")) || (n.rfind("qmv_mma", 0) == 0 && has_suffix(n, "_c"));
   });
 }
 

@@ -146,12 +146,13 @@ LaunchInfo cuda_describe(const std::vector<MatmulProblem>& problems, const std::
       info.blocks_per_sm = c.family == cuda_dispatch::Family::qmv_tma      ? qmv_tma_blocks_per_sm(p, c)
                            : c.family == cuda_dispatch::Family::qmv_staged ? qmv_staged_blocks_per_sm(p, c)
                                                                             : qmv_mma_blocks_per_sm(p, c);
-      info.workspace_bytes = qmm::cuda::stream_k::workspace_bytes(p, c);
+      info.workspace_bytes = c.cluster > 0 ? 0 : qmm::cuda::stream_k::workspace_bytes(p, c);
       const std::int64_t passes = (p.M + 8 * c.token_tiles - 1) / (8 * c.token_tiles);
       info.weight_bytes = weight_bytes * batches * passes;
       // Stream-K: a row block is split over ceil(blocks / row blocks) blocks on average.
       const std::int64_t row_blocks = (p.N + cuda_dispatch::kMmaRowsPerBlock - 1) / cuda_dispatch::kMmaRowsPerBlock;
-      info.split_k = static_cast<int>(std::max<std::int64_t>(1, (c.blocks + row_blocks - 1) / row_blocks));
+      info.split_k = c.cluster > 0 ? c.cluster
+                                   : static_cast<int>(std::max<std::int64_t>(1, (c.blocks + row_blocks - 1) / row_blocks));
       break;
     }
     case cuda_dispatch::Family::qmv_warp_rows:

@@ -26,7 +26,7 @@ std::string KernelConfig::name() const {
     case Family::qmv_staged:
       return staged_name(token_tiles);
     case Family::qmv_mma:
-      return mma_name(token_tiles);
+      return mma_name(token_tiles) + (cluster > 0 ? "_c" + std::to_string(cluster) : "");
     case Family::qmv_warp_rows:
       return kWarpRows;
     case Family::qvm_columns:
@@ -41,7 +41,8 @@ std::vector<std::string> kernel_names() {
   for (int t : {1, 2}) names.push_back(tma_name(t));  // "_b<blocks>" may follow
   names.push_back(kMmaFamily);
   for (int t : kTokenTileChoices) names.push_back(staged_name(t));  // "_b<blocks>" may follow
-  for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise
+  for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise, or "_c<cluster>"
+  for (int t : {1, 2}) names.push_back(mma_name(t) + "_c" + std::to_string(kMmaCluster));
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -74,6 +75,18 @@ int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_
   return static_cast<int>(std::max<std::int64_t>(1, std::min(slots, items / kMinItemsPerBlock)));
 }
 
+bool cluster_split_pays(const ProblemShape& p, const DeviceShape& d) {
+  if (d.compute_capability < 90 || !mma_supported(p)) return false;
+  const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
+  const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
+  // One wave for one and two token tiles (both share mma_blocks_per_sm).
+  if (row_blocks * kMmaCluster > static_cast<std::int64_t>(d.multiprocessors) * mma_blocks_per_sm(2)) return false;
+  const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + stream_k_blocks(p, d, mma_blocks_per_sm(1)) - 1) /
+                                    stream_k_blocks(p, d, mma_blocks_per_sm(1));
+  const std::int64_t cluster_run = (segments + kMmaCluster - 1) / kMmaCluster;
+  return cluster_run <= stream_k_run + 1;
+}
+
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   KernelConfig c;
   if (!p.transpose) {
@@ -86,15 +99,23 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   }
   c.family = Family::qmv_mma;
   c.token_tiles = token_tiles_for(p.M);
+  if (p.M <= 16 && cluster_split_pays(p, d)) {
+    c.cluster = kMmaCluster;
+    c.blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * kMmaCluster;
+    return c;
+  }
   c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));
   return c;
 }
 
 KernelConfig forced(const std::string& requested, const ProblemShape& p, const DeviceShape& d) {
   // A family name stands for the token-tile configuration dispatch would pick for this M.
+  // "qmv_mma_c<C>" likewise, with a cluster of C.
+  const bool mma_cluster_family = requested.rfind(std::string(kMmaFamily) + "_c", 0) == 0;
   const std::string name = requested == kTmaFamily   ? tma_name(p.M <= 8 ? 1 : 2)
                            : requested == kMmaFamily ? mma_name(token_tiles_for(p.M))
-                                                     : requested;
+                           : mma_cluster_family ? mma_name(token_tiles_for(p.M)) + requested.substr(7)
+                                                : requested;
   if (name == kColumns) {
     if (p.transpose) throw Error("[quantized_matmul] kernel qvm_columns needs transpose=false");
     return KernelConfig{Family::qvm_columns, 1, 0};
@@ -113,6 +134,19 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
       if (name.compare(0, base.size(), base) != 0) continue;
       const std::string rest = name.substr(base.size());
       int blocks = 0;
+      if (family == Family::qmv_mma && rest.size() >= 3 && rest.compare(0, 2, "_c") == 0 &&
+          rest.find_first_not_of("0123456789", 2) == std::string::npos && rest.size() <= 4) {
+        const int cluster = std::stoi(rest.substr(2));
+        if (cluster < 1 || cluster > 16) {
+          throw Error("[quantized_matmul] kernel " + name + ": the cluster size must be 1..16");
+        }
+        if (!mma_supported(p) || d.compute_capability < 90) {
+          throw Error("[quantized_matmul] kernel " + name +
+                      " needs an sm_90 device, transpose=true and float16 or bfloat16 x with scales of the same dtype");
+        }
+        const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
+        return KernelConfig{family, t, static_cast<int>(row_blocks * cluster), cluster};
+      }
       if (!rest.empty()) {
         if (rest.size() < 3 || rest.compare(0, 2, "_b") != 0 ||
             rest.find_first_not_of("0123456789", 2) != std::string::npos || rest.size() > 8) {

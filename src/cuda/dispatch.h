@@ -39,6 +39,9 @@ struct KernelConfig {
   int token_tiles = 1;
   /// qmv_tma / qmv_staged / qmv_mma: persistent blocks sharing the (row block, K segment) work evenly (stream-K).
   int blocks = 0;
+  /// qmv_mma on sm_90: blocks per thread-block cluster splitting each row block's K, reduced
+  /// through distributed shared memory (blocks = row blocks x cluster); 0: stream-K.
+  int cluster = 0;
   std::string name() const;
 };
 
@@ -60,6 +63,19 @@ constexpr int mma_min_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ?
 /// One and two token tiles share it, so the split, and with it every output bit, is the same
 /// for M = 1..16; it never exceeds what both can keep resident.
 constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 : 2; }
+
+/// qmv_mma's cluster split (sm_90): blocks per cluster that dispatch picks, the portable maximum.
+/// Measured on the H100 (bench/NOTES.md v10), M=1: 5120 -> 5120 14.72 -> 12.85 us, 5120 -> 1024
+/// 8.10 -> 7.62; clusters of 4 were slower than 8 on both, of 12, 13 and 16 slower still.
+constexpr int kMmaCluster = 8;
+
+/// Whether dispatch splits each row block's K over a cluster of kMmaCluster blocks instead of
+/// stream-K (M <= 16 only, and the same answer for every such M: batch invariance). It pays when
+/// the clusters fit in one wave and each block streams at most one segment more than under
+/// stream-K: the stream-K fixup (3-4.5 us a call) then costs more than the longer runs. On the
+/// H100 that holds for 5120 -> 5120 and 5120 -> 1024, not for 5120 -> 13824 (clusters of 3 were
+/// 7 % slower) or 13824 -> 5120 (14 segments a block against 11: 4 % slower).
+bool cluster_split_pays(const ProblemShape& p, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared
 /// memory decides: 4 pipeline stages of 14-24 KB for 4-bit, 22-26 KB for 8-bit; fewer, larger

@@ -9,7 +9,8 @@
 
 namespace qmm::detail {
 
-/// Tensor cores, weight-stationary, stream-K (qmv_mma_kernels.cu).
+/// Tensor cores, weight-stationary, stream-K or (sm_90, config.cluster > 0) cluster split-K
+/// (qmv_mma_kernels.cu).
 void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream);
 /// Resident qmv_mma blocks per SM for this problem's bits/dtype/token tiles (occupancy API).
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config);

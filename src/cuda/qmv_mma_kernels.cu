@@ -5,8 +5,14 @@
 // dimension). Weights are the 16-row A operand of mma.m16n8k16, tokens the 8-wide B operand,
 // fp32 accumulation.
 //
-// Work split: stream-K over (128-row block, 128-value K segment) items, see stream_k.cuh. A
-// block's run of segments streams through registers: the next segment's loads are in flight
+// Work split, two kinds over (128-row block, 128-value K segment) items:
+// - stream-K (qmv_mma_kernel, stream_k.cuh): persistent blocks take equal runs of items and a
+//   row block's partials are added by its last contributor through global memory;
+// - cluster split (qmv_mma_cluster_kernel, sm_90): a thread-block cluster per row block, its
+//   ranks taking equal shares of K, the partials added in rank order through distributed
+//   shared memory. Dispatch picks it where the stream-K fixup would cost more
+//   (cuda_dispatch::cluster_split_pays).
+// A block's run of segments streams through registers: the next segment's loads are in flight
 // while the current one computes (run_two_buffers / run_one_buffer below).
 //
 // The dequantized weight s*q + b is formed with one fused 16-bit multiply-add from the exact
@@ -149,45 +155,113 @@ __device__ __forceinline__ void run_one_buffer(float (&acc)[2][TokenTiles][4], c
   }
 }
 
+/// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
+/// two-buffer loop where its registers fit.
 template <typename T, int Bits, int TokenTiles>
-__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
-    qmv_mma_kernel(const MmaParams p) {
-  __shared__ int s_is_last;
+__device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
+                                             int s1) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
   const int c = lane & 3;          // which 32-value chunk of a segment this thread feeds
+  const T* scales = static_cast<const T*>(p.scales);
+  const T* biases = static_cast<const T*>(p.biases);
+  const std::uint32_t* wrow[4];
+  const T* srow[4];
+  const T* brow[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // Rows past N read row N-1 (valid memory); their outputs are never stored.
+    const int n = min(rb * kMmaRowsPerBlock + warp * 32 + i * 8 + row_in_8, p.N - 1);
+    wrow[i] = p.w_q + n * p.words_per_row;
+    srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
+    brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
+  }
+  if constexpr (two_buffer_loop(TokenTiles, Bits)) {
+    run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+  } else {
+    run_one_buffer<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+  }
+}
+
+/// Split-K across a thread-block cluster (sm_90): cluster k takes row block k, and its rank r
+/// the segments [r * S / C, (r + 1) * S / C) (possibly none when S < C). Rank 0 adds the others'
+/// partials to its own in rank order through distributed shared memory: a fixed order (batch
+/// invariance), with no global memory, counter or fence. The stream-K fixup this replaces cost
+/// 3-4.5 us per call (bench/NOTES.md v9-v10).
+template <typename T, int Bits, int TokenTiles>
+__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
+    qmv_mma_cluster_kernel(const MmaParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kEntries = 2 * TokenTiles;
+  __shared__ float4 s_partial[kEntries][kMmaThreads];
+  std::uint32_t rank, ranks, rb;
+  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  asm("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(ranks));
+  asm("mov.u32 %0, %%clusterid.x;\n" : "=r"(rb));
+  const int s0 = static_cast<int>(static_cast<std::int64_t>(p.segments) * rank / ranks);
+  const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (rank + 1) / ranks);
+  float acc[2][TokenTiles][4];
+  qmm::cuda::stream_k::zero(acc);
+  if (s0 < s1) run_segments<T, Bits, TokenTiles>(acc, p, static_cast<int>(rb), s0, s1);
+  if (rank != 0) {
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int t = 0; t < TokenTiles; ++t)
+        s_partial[tile * TokenTiles + t][threadIdx.x] =
+            make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
+  }
+  // Release this block's partial to the cluster; rank 0 acquires all of them.
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  if (rank == 0) {
+    const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(&s_partial[0][threadIdx.x]));
+    for (std::uint32_t r = 1; r < ranks; ++r) {
+      std::uint32_t remote;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(r));
+      float4 v[kEntries];
+#pragma unroll
+      for (int e = 0; e < kEntries; ++e)
+        asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(v[e].x), "=f"(v[e].y), "=f"(v[e].z), "=f"(v[e].w)
+                     : "r"(remote + e * kMmaThreads * 16));
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t) {
+          const float4 x = v[tile * TokenTiles + t];
+          acc[tile][t][0] += x.x;
+          acc[tile][t][1] += x.y;
+          acc[tile][t][2] += x.z;
+          acc[tile][t][3] += x.w;
+        }
+    }
+    qmm::cuda::stream_k::store_output<T, TokenTiles>(acc, p, static_cast<int>(rb), threadIdx.x >> 5, threadIdx.x & 31);
+  }
+  // The other ranks' shared memory must outlive rank 0's reads.
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  // Dispatch sends only sm_90 devices here (cuda_dispatch::cluster_supported).
+  __trap();
+#endif
+}
+
+template <typename T, int Bits, int TokenTiles>
+__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
+    qmv_mma_kernel(const MmaParams p) {
+  __shared__ int s_is_last;
   const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
   const std::int64_t start = item_start(items, p.blocks, blockIdx.x);
   const std::int64_t end = item_start(items, p.blocks, blockIdx.x + 1);
-  const T* scales = static_cast<const T*>(p.scales);
-  const T* biases = static_cast<const T*>(p.biases);
 
   for (std::int64_t cur = start; cur < end;) {
     const int rb = static_cast<int>(cur / p.segments);
     const int s0 = static_cast<int>(cur % p.segments);
     const int s1 = static_cast<int>(std::min<std::int64_t>(p.segments, s0 + (end - cur)));
 
-    const std::uint32_t* wrow[4];
-    const T* srow[4];
-    const T* brow[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      // Rows past N read row N-1 (valid memory); their outputs are never stored.
-      const int n = min(rb * kMmaRowsPerBlock + warp * 32 + i * 8 + row_in_8, p.N - 1);
-      wrow[i] = p.w_q + n * p.words_per_row;
-      srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
-      brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
-    }
-
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
-
-    if constexpr (two_buffer_loop(TokenTiles, Bits)) {
-      run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
-    } else {
-      run_one_buffer<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
-    }
+    run_segments<T, Bits, TokenTiles>(acc, p, rb, s0, s1);
 
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
     cur += s1 - s0;
@@ -198,11 +272,12 @@ using KernelFn = void (*)(MmaParams);
 
 /// The instantiation for this problem's activation dtype and bits and the configuration's token
 /// tiles (launch and occupancy query share it).
-KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
+KernelFn kernel_for(const MatmulProblem& p, int token_tiles, bool cluster) {
   return qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
     using T = typename decltype(dtype)::type;
     return qmm::cuda::with_token_tiles<1, 2, 4, 8>(token_tiles, [&](auto tiles) {
       return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
+        if (cluster) return &qmv_mma_cluster_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
         return &qmv_mma_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
       });
     });
@@ -214,13 +289,34 @@ KernelFn kernel_for(const MatmulProblem& p, int token_tiles) {
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
   int blocks = 0;
   QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, reinterpret_cast<const void*>(kernel_for(p, config.token_tiles)), kMmaThreads, 0));
+      &blocks, reinterpret_cast<const void*>(kernel_for(p, config.token_tiles, config.cluster > 0)), kMmaThreads, 0));
   return blocks;
 }
 
 void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  const KernelFn kernel = kernel_for(p, config.token_tiles);
+  const KernelFn kernel = kernel_for(p, config.token_tiles, config.cluster > 0);
   MmaParams q = qmm::cuda::stream_k::make_params(p, config.blocks);
+  if (config.cluster > 0) {
+    if (config.cluster > 8) {
+      QMM_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                          cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    }
+    qmm::cuda::stream_k::for_each_pass(q, p, 8 * config.token_tiles, [&](const MmaParams& pass) {
+      cudaLaunchConfig_t launch{};
+      launch.gridDim = dim3(static_cast<unsigned>(q.row_blocks * config.cluster));
+      launch.blockDim = dim3(kMmaThreads);
+      launch.stream = stream;
+      cudaLaunchAttribute attribute{};
+      attribute.id = cudaLaunchAttributeClusterDimension;
+      attribute.val.clusterDim.x = static_cast<unsigned>(config.cluster);
+      attribute.val.clusterDim.y = 1;
+      attribute.val.clusterDim.z = 1;
+      launch.attrs = &attribute;
+      launch.numAttrs = 1;
+      QMM_CUDA_CHECK(cudaLaunchKernelEx(&launch, kernel, pass));
+    });
+    return;
+  }
   qmm::cuda::stream_k::bind_workspace(q, stream, p, config);
   qmm::cuda::stream_k::for_each_pass(q, p, 8 * config.token_tiles, [&](const MmaParams& pass) {
     kernel<<<config.blocks, kMmaThreads, 0, stream>>>(pass);
