@@ -43,6 +43,8 @@ using cuda_dispatch::kMmaSegment;
 using cuda_dispatch::kMmaThreads;
 
 using MmaParams = qmm::cuda::stream_k::Params;
+/// Largest cluster qmv_mma_cluster_kernel reduces (the non-portable maximum on sm_90).
+constexpr int kMaxCluster = 16;
 using qmm::cuda::stream_k::item_start;
 
 using mma::SegmentLoad;
@@ -185,9 +187,9 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
 }
 
 /// Split-K across a thread-block cluster (sm_90): cluster k takes row block k, and its rank r
-/// the segments [r * S / C, (r + 1) * S / C) (possibly none when S < C). Rank 0 adds the others'
-/// partials to its own in rank order through distributed shared memory: a fixed order (batch
-/// invariance), with no global memory, counter or fence. The stream-K fixup this replaces cost
+/// the segments [r * S / C, (r + 1) * S / C) (possibly none when S < C). The partials are added in
+/// rank order through distributed shared memory: a fixed order (batch invariance), with no global
+/// memory, counter or fence. The stream-K fixup this replaces cost
 /// 3-4.5 us per call (bench/NOTES.md v9-v10).
 template <typename T, int Bits, int TokenTiles>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
@@ -204,44 +206,49 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   float acc[2][TokenTiles][4];
   qmm::cuda::stream_k::zero(acc);
   if (s0 < s1) run_segments<T, Bits, TokenTiles>(acc, p, static_cast<int>(rb), s0, s1);
-  if (rank != 0) {
 #pragma unroll
-    for (int tile = 0; tile < 2; ++tile)
+  for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-      for (int t = 0; t < TokenTiles; ++t)
-        s_partial[tile * TokenTiles + t][threadIdx.x] =
-            make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
-  }
-  // Release this block's partial to the cluster; rank 0 acquires all of them.
+    for (int t = 0; t < TokenTiles; ++t)
+      s_partial[tile * TokenTiles + t][threadIdx.x] =
+          make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
+  // Release this block's partial to the cluster and acquire the others'.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-  if (rank == 0) {
-    const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(&s_partial[0][threadIdx.x]));
-    for (std::uint32_t r = 1; r < ranks; ++r) {
-      std::uint32_t remote;
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(r));
-      float4 v[kEntries];
+  // The reduction is spread over the cluster: fragment float4 w (entry w / kMmaThreads of thread
+  // w % kMmaThreads) is finished by rank w / kMmaThreads % ranks, whose thread loads it from every
+  // rank at once (one distributed-shared-memory round trip) and adds them in rank order.
+  for (int w = static_cast<int>(rank * kMmaThreads + threadIdx.x); w < kEntries * kMmaThreads;
+       w += static_cast<int>(ranks) * kMmaThreads) {
+    const int thread = w % kMmaThreads;
+    const int entry = w / kMmaThreads;
+    const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(&s_partial[entry][thread]));
+    float4 v[kMaxCluster];
 #pragma unroll
-      for (int e = 0; e < kEntries; ++e)
+    for (int r = 0; r < kMaxCluster; ++r) {
+      if (r < static_cast<int>(ranks)) {
+        std::uint32_t remote;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(r));
         asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=f"(v[e].x), "=f"(v[e].y), "=f"(v[e].z), "=f"(v[e].w)
-                     : "r"(remote + e * kMmaThreads * 16));
-#pragma unroll
-      for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-        for (int t = 0; t < TokenTiles; ++t) {
-          const float4 x = v[tile * TokenTiles + t];
-          acc[tile][t][0] += x.x;
-          acc[tile][t][1] += x.y;
-          acc[tile][t][2] += x.z;
-          acc[tile][t][3] += x.w;
-        }
+                     : "=f"(v[r].x), "=f"(v[r].y), "=f"(v[r].z), "=f"(v[r].w)
+                     : "r"(remote));
+      }
     }
-    qmm::cuda::stream_k::store_output<T, TokenTiles>(acc, p, static_cast<int>(rb), threadIdx.x >> 5, threadIdx.x & 31);
+    float4 sum = v[0];
+#pragma unroll
+    for (int r = 1; r < kMaxCluster; ++r) {
+      if (r < static_cast<int>(ranks)) {
+        sum.x += v[r].x;
+        sum.y += v[r].y;
+        sum.z += v[r].z;
+        sum.w += v[r].w;
+      }
+    }
+    qmm::cuda::stream_k::store_entry<T>(sum, p, static_cast<int>(rb), thread, entry / TokenTiles, entry % TokenTiles);
   }
-  // The other ranks' shared memory must outlive rank 0's reads.
+  // Every rank's shared memory must outlive the others' reads.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #else
-  // Dispatch sends only sm_90 devices here (cuda_dispatch::cluster_supported).
+  // Dispatch and forced() send only sm_90 devices here (cuda_dispatch::cluster_split_pays).
   __trap();
 #endif
 }

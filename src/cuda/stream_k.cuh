@@ -99,23 +99,31 @@ __device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std
   return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
 }
 
-/// Writes an accumulator fragment to out (rows of W are columns of out).
-template <typename T, int TokenTiles>
-__device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4], const Params& p, int rb,
-                                             int warp, int lane) {
+/// Writes one float4 of an accumulator fragment, acc[tile][t][0..3] of thread `thread`, to out
+/// (rows of W are columns of out).
+template <typename T>
+__device__ __forceinline__ void store_entry(const float4& v, const Params& p, int rb, int thread, int tile, int t) {
   T* out = static_cast<T*>(p.out);
+  const int warp = thread >> 5;
+  const int lane = thread & 31;
+  const float e4[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-  for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-    for (int t = 0; t < TokenTiles; ++t) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int n = rb * kMmaRowsPerBlock + warp * 32 + tile * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
-        const int m = t * 8 + 2 * (lane & 3) + (e & 1);
-        if (n < p.N && m < p.M) out[static_cast<std::int64_t>(m) * p.N + n] = T(acc[tile][t][e]);
-      }
-    }
+  for (int e = 0; e < 4; ++e) {
+    const int n = rb * kMmaRowsPerBlock + warp * 32 + tile * 16 + (lane >> 2) + (e >= 2 ? 8 : 0);
+    const int m = t * 8 + 2 * (lane & 3) + (e & 1);
+    if (n < p.N && m < p.M) out[static_cast<std::int64_t>(m) * p.N + n] = T(e4[e]);
   }
+}
+
+/// Writes this thread's accumulator fragment to out.
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4], const Params& p, int rb) {
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t)
+      store_entry<T>(make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]), p, rb,
+                     static_cast<int>(threadIdx.x), tile, t);
 }
 
 /// Barrier over the threads that hold accumulators. Kernels whose every thread computes use the
@@ -139,12 +147,10 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
                                                  std::int64_t first, std::int64_t last, std::int64_t start,
                                                  int* s_is_last) {
   constexpr int kFragmentFloats = kMmaThreads * 2 * TokenTiles * 4;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
   const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
   const std::int64_t rb_first_item = static_cast<std::int64_t>(rb) * p.segments;
   if (first == rb_first_item && last == rb_first_item + p.segments - 1) {
-    store_output<T, TokenTiles>(acc, p, rb, warp, lane);
+    store_output<T, TokenTiles>(acc, p, rb);
     return;
   }
   // Partial row block: publish, and let the last contributor reduce in block order. A block's
@@ -206,7 +212,7 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
           }
       }
     }
-    store_output<T, TokenTiles>(acc, p, rb, warp, lane);
+    store_output<T, TokenTiles>(acc, p, rb);
     if (threadIdx.x == 0) p.counters[rb] = 0;  // ready for the next call on this stream
   }
   Sync{}();  // s_is_last is reused by the next row block
