@@ -74,8 +74,8 @@ TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
   EXPECT_EQ(choose(shape(1, 13824, 5120), a100).blocks, 108 * mma_blocks_per_sm(1));
 }
 
-/// On sm_90, M <= 16, dispatch splits K over clusters where the stream-K fixup costs more than
-/// the longer runs (cluster_split_pays), never past one wave of resident blocks.
+/// On sm_90 dispatch splits K over clusters where the stream-K fixup costs more than the longer
+/// runs (cluster_split_pays), never past one wave of resident blocks.
 TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
   for (std::int64_t M = 1; M <= 16; ++M) {
     const KernelConfig qo = choose(shape(M, 5120, 5120), kH100);
@@ -89,8 +89,12 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
     EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 0);
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 80}).cluster, 0);
   }
-  EXPECT_EQ(choose(shape(17, 5120, 5120), kH100).cluster, 0);
-  EXPECT_EQ(choose(shape(64, 1024, 5120), kH100).cluster, 0);
+  // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 no longer fit
+  // in one wave, 8 still do.
+  for (std::int64_t M : {17, 32, 33, 64, 100}) {
+    EXPECT_EQ(choose(shape(M, 5120, 5120), kH100).cluster, 0) << M;
+    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).cluster, kMmaCluster) << M;
+  }
   EXPECT_EQ(choose(shape(3, 5120, 5120, 4, Dtype::float32), kH100).family, Family::qmv_warp_rows);
 }
 

@@ -42,7 +42,7 @@ std::vector<std::string> kernel_names() {
   names.push_back(kMmaFamily);
   for (int t : kTokenTileChoices) names.push_back(staged_name(t));  // "_b<blocks>" may follow
   for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise, or "_c<cluster>"
-  for (int t : {1, 2}) names.push_back(mma_name(t) + "_c" + std::to_string(kMmaCluster));
+  for (int t : kTokenTileChoices) names.push_back(mma_name(t) + "_c" + std::to_string(kMmaCluster));
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -77,12 +77,17 @@ int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_
 
 bool cluster_split_pays(const ProblemShape& p, const DeviceShape& d) {
   if (d.compute_capability < 90 || !mma_supported(p)) return false;
+  // M = 1..16 decide with the slots both of their token tiles have (mma_blocks_per_sm is the same
+  // for 1 and 2), so they all get the same split.
+  const int tiles = p.M <= 16 ? 2 : token_tiles_for(p.M);
+  const std::int64_t slots = static_cast<std::int64_t>(d.multiprocessors) * mma_blocks_per_sm(tiles);
   const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
+  // One wave with room to spare: a cluster's blocks must share a GPC, so not every resident slot
+  // can take one (240 blocks in clusters of 6 on 264 slots ran as two waves on the H100).
+  if (row_blocks * kMmaCluster * 100 > slots * 85) return false;
   const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
-  // One wave for one and two token tiles (both share mma_blocks_per_sm).
-  if (row_blocks * kMmaCluster > static_cast<std::int64_t>(d.multiprocessors) * mma_blocks_per_sm(2)) return false;
-  const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + stream_k_blocks(p, d, mma_blocks_per_sm(1)) - 1) /
-                                    stream_k_blocks(p, d, mma_blocks_per_sm(1));
+  const int blocks = stream_k_blocks(p, d, mma_blocks_per_sm(tiles));
+  const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + blocks - 1) / blocks;
   const std::int64_t cluster_run = (segments + kMmaCluster - 1) / kMmaCluster;
   return cluster_run <= stream_k_run + 1;
 }
@@ -99,7 +104,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   }
   c.family = Family::qmv_mma;
   c.token_tiles = token_tiles_for(p.M);
-  if (p.M <= 16 && cluster_split_pays(p, d)) {
+  if (cluster_split_pays(p, d)) {
     c.cluster = kMmaCluster;
     c.blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * kMmaCluster;
     return c;

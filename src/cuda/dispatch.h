@@ -70,11 +70,13 @@ constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 :
 constexpr int kMmaCluster = 8;
 
 /// Whether dispatch splits each row block's K over a cluster of kMmaCluster blocks instead of
-/// stream-K (M <= 16 only, and the same answer for every such M: batch invariance). It pays when
-/// the clusters fit in one wave and each block streams at most one segment more than under
-/// stream-K: the stream-K fixup (3-4.5 us a call) then costs more than the longer runs. On the
-/// H100 that holds for 5120 -> 5120 and 5120 -> 1024, not for 5120 -> 13824 (clusters of 3 were
-/// 7 % slower) or 13824 -> 5120 (14 segments a block against 11: 4 % slower).
+/// stream-K (the same answer for every M in 1..16: batch invariance). It pays when the clusters
+/// fit in one wave (85 % of the resident slots: clusters must pack into GPCs) and each block
+/// streams at most one segment more than under stream-K: the stream-K fixup (3-4.5 us a call)
+/// then costs more than the longer runs. On the H100 (bench/NOTES.md v10) that holds for
+/// 5120 -> 5120 up to M = 16 and for 5120 -> 1024 at every M (-10..-18 % at M = 17..64), not for
+/// 5120 -> 13824 (clusters of 3 were 7 % slower) or 13824 -> 5120 (14 segments a block against
+/// 11: 2-8 % slower).
 bool cluster_split_pays(const ProblemShape& p, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared
