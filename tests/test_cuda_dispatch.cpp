@@ -75,25 +75,30 @@ TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
 }
 
 /// On sm_90 dispatch splits K over clusters where the stream-K fixup costs more than the longer
-/// runs (cluster_split_pays), never past one wave of resident blocks.
+/// runs (cluster_size), never past one wave of resident blocks, largest size first.
 TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
   for (std::int64_t M = 1; M <= 16; ++M) {
     const KernelConfig qo = choose(shape(M, 5120, 5120), kH100);
-    EXPECT_EQ(qo.cluster, kMmaCluster) << M;
-    EXPECT_EQ(qo.blocks, 40 * kMmaCluster);
-    EXPECT_EQ(qo.name(), std::string(M <= 8 ? "qmv_mma_m8_c" : "qmv_mma_m16_c") + std::to_string(kMmaCluster));
-    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).blocks, 8 * kMmaCluster);
-    // 108 row blocks: clusters of 8 would need 864 resident blocks.
+    EXPECT_EQ(qo.cluster, 8) << M;
+    EXPECT_EQ(qo.blocks, 40 * 8);
+    EXPECT_EQ(qo.name(), std::string(M <= 8 ? "qmv_mma_m8_c8" : "qmv_mma_m16_c8"));
+    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).blocks, 8 * 8);
+    // Fused q|k|v, 56 row blocks: 448 blocks in clusters of 8 exceed 85 % of the 396 slots, 336
+    // in clusters of 6 do not.
+    EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).cluster, 6) << M;
+    // 108 row blocks: even clusters of 4 would need 432 resident blocks.
     EXPECT_EQ(choose(shape(M, 13824, 5120), kH100).cluster, 0);
     // 108 segments: 14 a block in clusters of 8 against 11 under stream-K.
     EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 0);
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 80}).cluster, 0);
   }
-  // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 no longer fit
-  // in one wave, 8 still do.
+  // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 or 6 no longer
+  // fit in one wave and clusters of 4 would stream 10 segments a block against 7; 8 clusters of 8
+  // still fit; the fused q|k|v fits clusters of 4 (224 of 264 slots).
   for (std::int64_t M : {17, 32, 33, 64, 100}) {
     EXPECT_EQ(choose(shape(M, 5120, 5120), kH100).cluster, 0) << M;
-    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).cluster, kMmaCluster) << M;
+    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).cluster, 8) << M;
+    EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).cluster, 4) << M;
   }
   EXPECT_EQ(choose(shape(3, 5120, 5120, 4, Dtype::float32), kH100).family, Family::qmv_warp_rows);
 }

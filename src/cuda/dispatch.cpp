@@ -42,7 +42,9 @@ std::vector<std::string> kernel_names() {
   names.push_back(kMmaFamily);
   for (int t : kTokenTileChoices) names.push_back(staged_name(t));  // "_b<blocks>" may follow
   for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise, or "_c<cluster>"
-  for (int t : kTokenTileChoices) names.push_back(mma_name(t) + "_c" + std::to_string(kMmaCluster));
+  for (int t : kTokenTileChoices) {
+    for (int size : kMmaClusterSizes) names.push_back(mma_name(t) + "_c" + std::to_string(size));
+  }
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -75,21 +77,21 @@ int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_
   return static_cast<int>(std::max<std::int64_t>(1, std::min(slots, items / kMinItemsPerBlock)));
 }
 
-bool cluster_split_pays(const ProblemShape& p, const DeviceShape& d) {
-  if (d.compute_capability < 90 || !mma_supported(p)) return false;
+int cluster_size(const ProblemShape& p, const DeviceShape& d) {
+  if (d.compute_capability < 90 || !mma_supported(p)) return 0;
   // M = 1..16 decide with the slots both of their token tiles have (mma_blocks_per_sm is the same
   // for 1 and 2), so they all get the same split.
   const int tiles = p.M <= 16 ? 2 : token_tiles_for(p.M);
   const std::int64_t slots = static_cast<std::int64_t>(d.multiprocessors) * mma_blocks_per_sm(tiles);
   const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
-  // One wave with room to spare: a cluster's blocks must share a GPC, so not every resident slot
-  // can take one (240 blocks in clusters of 6 on 264 slots ran as two waves on the H100).
-  if (row_blocks * kMmaCluster * 100 > slots * 85) return false;
   const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
   const int blocks = stream_k_blocks(p, d, mma_blocks_per_sm(tiles));
   const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + blocks - 1) / blocks;
-  const std::int64_t cluster_run = (segments + kMmaCluster - 1) / kMmaCluster;
-  return cluster_run <= stream_k_run + 1;
+  for (const int size : kMmaClusterSizes) {
+    if (row_blocks * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
+    if ((segments + size - 1) / size <= stream_k_run + 1) return size;
+  }
+  return 0;
 }
 
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
@@ -104,9 +106,9 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   }
   c.family = Family::qmv_mma;
   c.token_tiles = token_tiles_for(p.M);
-  if (cluster_split_pays(p, d)) {
-    c.cluster = kMmaCluster;
-    c.blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * kMmaCluster;
+  if (const int cluster = cluster_size(p, d); cluster > 0) {
+    c.cluster = cluster;
+    c.blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * cluster;
     return c;
   }
   c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));

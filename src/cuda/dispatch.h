@@ -64,20 +64,22 @@ constexpr int mma_min_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ?
 /// for M = 1..16; it never exceeds what both can keep resident.
 constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 : 2; }
 
-/// qmv_mma's cluster split (sm_90): blocks per cluster that dispatch picks, the portable maximum.
-/// Measured on the H100 (bench/NOTES.md v10), M=1: 5120 -> 5120 14.72 -> 12.85 us, 5120 -> 1024
-/// 8.10 -> 7.62; clusters of 4 were slower than 8 on both, of 12, 13 and 16 slower still.
-constexpr int kMmaCluster = 8;
+/// qmv_mma's cluster split (sm_90): the cluster sizes dispatch considers, largest first. 8 is the
+/// portable maximum; larger, non-portable sizes (9, 12, 13, 16) measured slower on the H100
+/// (bench/NOTES.md v10): they do not pack into GPCs.
+constexpr int kMmaClusterSizes[] = {8, 6, 4};
 
-/// Whether dispatch splits each row block's K over a cluster of kMmaCluster blocks instead of
-/// stream-K (the same answer for every M in 1..16: batch invariance). It pays when the clusters
-/// fit in one wave (85 % of the resident slots: clusters must pack into GPCs) and each block
-/// streams at most one segment more than under stream-K: the stream-K fixup (3-4.5 us a call)
-/// then costs more than the longer runs. On the H100 (bench/NOTES.md v10) that holds for
-/// 5120 -> 5120 up to M = 16 and for 5120 -> 1024 at every M (-10..-18 % at M = 17..64), not for
-/// 5120 -> 13824 (clusters of 3 were 7 % slower) or 13824 -> 5120 (14 segments a block against
-/// 11: 2-8 % slower).
-bool cluster_split_pays(const ProblemShape& p, const DeviceShape& d);
+/// The cluster size dispatch splits each row block's K over instead of stream-K, or 0 for
+/// stream-K; the same answer for every M in 1..16 (batch invariance). The largest size that
+/// - fits in one wave: at most 85 % of the resident slots, since a cluster's blocks must share a
+///   GPC (240 blocks in clusters of 6 on 264 slots ran as two waves on the H100, 336 on 396 ran
+///   as one), and
+/// - streams at most one segment more per block than stream-K would, so the stream-K fixup
+///   (3-4.5 us a call) costs more than the longer runs.
+/// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1), 5120 -> 1024 8 at
+/// every M (-10..-18 %), the fused q|k|v 5120 -> 7168 6 up to M = 16 (15.9 -> 14.5 us) and 4 at
+/// M = 17..32; 5120 -> 13824 and 13824 -> 5120 keep stream-K (clusters were 2-28 % slower).
+int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared
 /// memory decides: 4 pipeline stages of 14-24 KB for 4-bit, 22-26 KB for 8-bit; fewer, larger

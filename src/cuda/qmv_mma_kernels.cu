@@ -11,7 +11,7 @@
 // - cluster split (qmv_mma_cluster_kernel, sm_90): a thread-block cluster per row block, its
 //   ranks taking equal shares of K, the partials added in rank order through distributed
 //   shared memory. Dispatch picks it where the stream-K fixup would cost more
-//   (cuda_dispatch::cluster_split_pays).
+//   (cuda_dispatch::cluster_size).
 // A block's run of segments streams through registers: the next segment's loads are in flight
 // while the current one computes (run_two_buffers / run_one_buffer below).
 //
@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   // Every rank's shared memory must outlive the others' reads.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #else
-  // Dispatch and forced() send only sm_90 devices here (cuda_dispatch::cluster_split_pays).
+  // Dispatch and forced() send only sm_90 devices here (cuda_dispatch::cluster_size).
   __trap();
 #endif
 }
