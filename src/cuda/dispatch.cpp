@@ -61,9 +61,19 @@ bool tma_supported(const ProblemShape& p, const DeviceShape& d) {
 bool staged_supported(const ProblemShape& p) { return mma_supported(p) && (p.bits == 4 || p.bits == 8); }
 
 namespace {
+/// 128-row blocks of W (the unit both work splits hand out).
+std::int64_t row_blocks(const ProblemShape& p) { return (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock; }
 /// (row block, K item) pairs of the stream-K split.
 std::int64_t stream_k_items(const ProblemShape& p, int item_values) {
-  return ((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * ((p.K + item_values - 1) / item_values);
+  return row_blocks(p) * ((p.K + item_values - 1) / item_values);
+}
+/// The number in `rest` when it is `tag` followed by 1..max_digits digits, else -1.
+int numeric_suffix(const std::string& rest, const char* tag, std::size_t max_digits) {
+  if (rest.size() < 3 || rest.size() > 2 + max_digits || rest.compare(0, 2, tag) != 0 ||
+      rest.find_first_not_of("0123456789", 2) != std::string::npos) {
+    return -1;
+  }
+  return std::stoi(rest.substr(2));
 }
 }  // namespace
 
@@ -83,12 +93,11 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   // for 1 and 2), so they all get the same split.
   const int tiles = p.M <= 16 ? 2 : token_tiles_for(p.M);
   const std::int64_t slots = static_cast<std::int64_t>(d.multiprocessors) * mma_blocks_per_sm(tiles);
-  const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
   const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
   const int blocks = stream_k_blocks(p, d, mma_blocks_per_sm(tiles));
   const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + blocks - 1) / blocks;
   for (const int size : kMmaClusterSizes) {
-    if (row_blocks * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
+    if (row_blocks(p) * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
     if ((segments + size - 1) / size <= stream_k_run + 1) return size;
   }
   return 0;
@@ -108,7 +117,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   c.token_tiles = token_tiles_for(p.M);
   if (const int cluster = cluster_size(p, d); cluster > 0) {
     c.cluster = cluster;
-    c.blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock) * cluster;
+    c.blocks = static_cast<int>(row_blocks(p)) * cluster;
     return c;
   }
   c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));
@@ -132,7 +141,7 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
     return KernelConfig{Family::qmv_warp_rows, 1, 0};
   }
   // qmv_{tma,staged,mma}_m<rows>[_b<blocks>]: the token tile and, optionally, the stream-K
-  // block count.
+  // block count; qmv_mma_m<rows>_c<cluster>: qmv_mma with the cluster split.
   for (const Family family : {Family::qmv_tma, Family::qmv_staged, Family::qmv_mma}) {
     for (int t : kTokenTileChoices) {
       if (family == Family::qmv_tma && t > 2) continue;
@@ -140,26 +149,22 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
           family == Family::qmv_tma ? tma_name(t) : family == Family::qmv_staged ? staged_name(t) : mma_name(t);
       if (name.compare(0, base.size(), base) != 0) continue;
       const std::string rest = name.substr(base.size());
-      int blocks = 0;
-      if (family == Family::qmv_mma && rest.size() >= 3 && rest.compare(0, 2, "_c") == 0 &&
-          rest.find_first_not_of("0123456789", 2) == std::string::npos && rest.size() <= 4) {
-        const int cluster = std::stoi(rest.substr(2));
-        if (cluster < 1 || cluster > 16) {
-          throw Error("[quantized_matmul] kernel " + name + ": the cluster size must be 1..16");
+      const int cluster = family == Family::qmv_mma ? numeric_suffix(rest, "_c", 2) : -1;
+      if (cluster >= 0) {
+        if (cluster < 1 || cluster > kMmaMaxCluster) {
+          throw Error("[quantized_matmul] kernel " + name + ": the cluster size must be 1.." +
+                      std::to_string(kMmaMaxCluster));
         }
         if (!mma_supported(p) || d.compute_capability < 90) {
           throw Error("[quantized_matmul] kernel " + name +
                       " needs an sm_90 device, transpose=true and float16 or bfloat16 x with scales of the same dtype");
         }
-        const std::int64_t row_blocks = (p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock;
-        return KernelConfig{family, t, static_cast<int>(row_blocks * cluster), cluster};
+        return KernelConfig{family, t, static_cast<int>(row_blocks(p) * cluster), cluster};
       }
+      int blocks = 0;
       if (!rest.empty()) {
-        if (rest.size() < 3 || rest.compare(0, 2, "_b") != 0 ||
-            rest.find_first_not_of("0123456789", 2) != std::string::npos || rest.size() > 8) {
-          continue;
-        }
-        blocks = std::stoi(rest.substr(2));
+        blocks = numeric_suffix(rest, "_b", 6);
+        if (blocks < 0) continue;
         if (blocks < 1) throw Error("[quantized_matmul] kernel " + name + ": the block count must be positive");
       }
       if (family == Family::qmv_tma) {

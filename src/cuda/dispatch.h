@@ -68,6 +68,10 @@ constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 :
 /// portable maximum; larger, non-portable sizes (9, 12, 13, 16) measured slower on the H100
 /// (bench/NOTES.md v10): they do not pack into GPCs.
 constexpr int kMmaClusterSizes[] = {8, 6, 4};
+/// The largest portable cluster, and the largest one sm_90 allows at all (non-portable sizes need
+/// cudaFuncAttributeNonPortableClusterSizeAllowed); forced names take 1..kMmaMaxCluster.
+constexpr int kMmaMaxPortableCluster = 8;
+constexpr int kMmaMaxCluster = 16;
 
 /// The cluster size dispatch splits each row block's K over instead of stream-K, or 0 for
 /// stream-K; the same answer for every M in 1..16 (batch invariance). The largest size that

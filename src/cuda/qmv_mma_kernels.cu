@@ -26,6 +26,7 @@
 #include <algorithm>
 
 #include "src/cuda/check.h"
+#include "src/cuda/cp_async.cuh"
 #include "src/cuda/kernels.h"
 #include "src/cuda/mma_fragments.cuh"
 #include "src/cuda/qmv_mma_segment.cuh"
@@ -43,8 +44,6 @@ using cuda_dispatch::kMmaSegment;
 using cuda_dispatch::kMmaThreads;
 
 using MmaParams = qmm::cuda::stream_k::Params;
-/// Largest cluster qmv_mma_cluster_kernel reduces (the non-portable maximum on sm_90).
-constexpr int kMaxCluster = 16;
 using qmm::cuda::stream_k::item_start;
 
 using mma::SegmentLoad;
@@ -210,8 +209,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t)
-      s_partial[tile * TokenTiles + t][threadIdx.x] =
-          make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
+      s_partial[tile * TokenTiles + t][threadIdx.x] = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
   // Release this block's partial to the cluster and acquire the others'.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
   // The reduction is spread over the cluster: fragment float4 w (entry w / kMmaThreads of thread
@@ -221,10 +219,10 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
        w += static_cast<int>(ranks) * kMmaThreads) {
     const int thread = w % kMmaThreads;
     const int entry = w / kMmaThreads;
-    const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(&s_partial[entry][thread]));
-    float4 v[kMaxCluster];
+    const std::uint32_t local = qmm::cuda::shared_address(&s_partial[entry][thread]);
+    float4 v[cuda_dispatch::kMmaMaxCluster];
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r) {
+    for (int r = 0; r < cuda_dispatch::kMmaMaxCluster; ++r) {
       if (r < static_cast<int>(ranks)) {
         std::uint32_t remote;
         asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(r));
@@ -235,7 +233,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
     }
     float4 sum = v[0];
 #pragma unroll
-    for (int r = 1; r < kMaxCluster; ++r) {
+    for (int r = 1; r < cuda_dispatch::kMmaMaxCluster; ++r) {
       if (r < static_cast<int>(ranks)) {
         sum.x += v[r].x;
         sum.y += v[r].y;
@@ -304,13 +302,13 @@ void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c
   const KernelFn kernel = kernel_for(p, config.token_tiles, config.cluster > 0);
   MmaParams q = qmm::cuda::stream_k::make_params(p, config.blocks);
   if (config.cluster > 0) {
-    if (config.cluster > 8) {
+    if (config.cluster > cuda_dispatch::kMmaMaxPortableCluster) {
       QMM_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                           cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     }
     qmm::cuda::stream_k::for_each_pass(q, p, 8 * config.token_tiles, [&](const MmaParams& pass) {
       cudaLaunchConfig_t launch{};
-      launch.gridDim = dim3(static_cast<unsigned>(q.row_blocks * config.cluster));
+      launch.gridDim = dim3(static_cast<unsigned>(config.blocks));  // row blocks x cluster
       launch.blockDim = dim3(kMmaThreads);
       launch.stream = stream;
       cudaLaunchAttribute attribute{};

@@ -99,6 +99,12 @@ __device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std
   return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
 }
 
+/// acc[tile][t][0..3] as one float4 (the unit partials are stored, loaded and written out in).
+template <int TokenTiles>
+__device__ __forceinline__ float4 fragment_entry(const float (&acc)[2][TokenTiles][4], int tile, int t) {
+  return make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
+}
+
 /// Writes one float4 of an accumulator fragment, acc[tile][t][0..3] of thread `thread`, to out
 /// (rows of W are columns of out).
 template <typename T>
@@ -122,8 +128,7 @@ __device__ __forceinline__ void store_output(const float (&acc)[2][TokenTiles][4
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t)
-      store_entry<T>(make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]), p, rb,
-                     static_cast<int>(threadIdx.x), tile, t);
+      store_entry<T>(fragment_entry(acc, tile, t), p, rb, static_cast<int>(threadIdx.x), tile, t);
 }
 
 /// Barrier over the threads that hold accumulators. Kernels whose every thread computes use the
@@ -163,8 +168,8 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
     for (int t = 0; t < TokenTiles; ++t)
-      store_evict_last(mine + (tile * TokenTiles + t) * kMmaThreads + threadIdx.x,
-                       make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]), policy);
+      store_evict_last(mine + (tile * TokenTiles + t) * kMmaThreads + threadIdx.x, fragment_entry(acc, tile, t),
+                       policy);
   // Every thread's stores happen before thread 0's arrival (the barrier), and the arrival is a
   // release at GPU scope, so they are visible to whichever block sees the count complete. Its
   // acquire side orders this block's reads of the others' partials after their arrivals. No
