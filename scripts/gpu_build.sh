@@ -14,7 +14,7 @@ gpu_build() {
     for f in "$debs"/*.deb; do dpkg -x "$f" /tmp/qmm-deps; done
     prefix=(-DCMAKE_PREFIX_PATH=/tmp/qmm-deps/usr)
   fi
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${prefix[@]}" "$@" \
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a "${prefix[@]}" "$@" \
     >"$logs/configure.log" 2>&1 || { tail -30 "$logs/configure.log"; return 1; }
   local target_args=()
   [ -n "$targets" ] && target_args=(--target $targets)

@@ -32,7 +32,7 @@ TEST(CudaDispatch, SixteenBitActivationsTakeTheTensorCoreFamily) {
         EXPECT_EQ(c.family, Family::qmv_mma) << M;
         const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
         EXPECT_EQ(c.token_tiles, tiles) << M;
-        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles));
+        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles == 8 ? "_wg" : ""));
       }
     }
   }
@@ -101,6 +101,33 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
     EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).cluster, 4) << M;
   }
   EXPECT_EQ(choose(shape(3, 5120, 5120, 4, Dtype::float32), kH100).family, Family::qmv_warp_rows);
+}
+
+/// wgmma MMAs for 64-token passes on compute capability 9.0 only, with either split; never for
+/// fewer tokens, never on sm_80 or on later cards (no wgmma there).
+TEST(CudaDispatch, WgmmaForSixtyFourTokensOnComputeCapabilityNine) {
+  for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{13824, 5120}, {5120, 5120}, {1024, 5120}, {300, 4096}}) {
+    for (std::int64_t M : {1, 8, 9, 16, 17, 32, 33, 64, 65, 200}) {
+      EXPECT_EQ(choose(shape(M, N, K), kH100).wgmma, M > 32) << N << " " << M;
+      for (const DeviceShape& d : {DeviceShape{108, 80}, DeviceShape{148, 100}, DeviceShape{170, 120}}) {
+        EXPECT_FALSE(choose(shape(M, N, K), d).wgmma) << d.compute_capability;
+      }
+    }
+  }
+  EXPECT_EQ(choose(shape(64, 1024, 5120), kH100).name(), "qmv_mma_m64_c8_wg");
+  EXPECT_EQ(choose(shape(33, 13824, 5120), kH100).name(), "qmv_mma_m64_wg");
+  EXPECT_TRUE(forced("qmv_mma_m8_wg", shape(3, 1024, 5120), kH100).wgmma);
+  EXPECT_EQ(forced("qmv_mma_m32_c3_wg", shape(3, 1024, 5120), kH100).name(), "qmv_mma_m32_c3_wg");
+  EXPECT_EQ(forced("qmv_mma_m64_b7_wg", shape(3, 1024, 5120), kH100).blocks, 7);
+  EXPECT_EQ(forced("qmv_mma_wg", shape(20, 1024, 5120), kH100).name(), "qmv_mma_m32_wg");
+  EXPECT_FALSE(forced("qmv_mma_m64", shape(40, 1024, 5120), kH100).wgmma);
+  for (const DeviceShape& d : {DeviceShape{108, 80}, DeviceShape{148, 100}}) {
+    EXPECT_THROW(forced("qmv_mma_m64_wg", shape(40, 1024, 5120), d), Error);
+  }
+  EXPECT_THROW(forced("qmv_mma_m64_wg", shape(40, 1024, 5120, 4, Dtype::float32), kH100), Error);
+  for (const char* bad : {"qmv_tma_m8_wg", "qmv_staged_m8_wg", "qmv_mma_m8_wgx", "qmv_mma_m8_wg_b3", "qmv_warp_rows_wg"}) {
+    EXPECT_THROW(forced(bad, shape(3, 1024, 5120), kH100), Error) << bad;
+  }
 }
 
 TEST(CudaDispatch, ForcedClusterSizes) {

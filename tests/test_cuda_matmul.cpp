@@ -105,13 +105,18 @@ void check_case(const Case& c, std::mt19937& rng) {
 std::vector<std::string> mma_kernels() {
   return {"qmv_tma_m8",       "qmv_tma_m16",      "qmv_staged_m8", "qmv_staged_m16", "qmv_staged_m32",
           "qmv_staged_m64",   "qmv_mma_m8",       "qmv_mma_m16",   "qmv_mma_m32",    "qmv_mma_m64",
-          "qmv_mma_m8_c3",    "qmv_mma_m16_c8",   "qmv_mma_m32_c2", "qmv_mma_m64_c16"};
+          "qmv_mma_m8_c3",    "qmv_mma_m16_c8",   "qmv_mma_m32_c2", "qmv_mma_m64_c16", "qmv_mma_m8_wg",
+          "qmv_mma_m16_wg",   "qmv_mma_m32_wg",   "qmv_mma_m64_wg", "qmv_mma_m32_c3_wg", "qmv_mma_m64_c8_wg",
+          "qmv_mma_m64_b7_wg"};
 }
-/// qmv_tma and qmv_mma's cluster split ("_c<C>") need an sm_90 device; elsewhere their cases are
-/// skipped (dispatch never picks them there).
+/// qmv_tma and qmv_mma's cluster split ("_c<C>") need an sm_90 device, qmv_mma's wgmma MMAs
+/// ("_wg") compute capability 9.0 exactly; elsewhere their cases are skipped (dispatch never picks
+/// them there).
 bool device_runs(const std::string& kernel) {
+  const int cc = device_info(kGpu).compute_capability;
+  if (kernel.size() > 3 && kernel.compare(kernel.size() - 3, 3, "_wg") == 0) return cc == 90;
   if (kernel.rfind("qmv_tma", 0) != 0 && kernel.find("_c") == std::string::npos) return true;
-  return device_info(kGpu).compute_capability >= 90;
+  return cc >= 90;
 }
 /// K for the every-format sweep: qmv_tma takes K in 256-value slices (a 512-value K still splits
 /// rows across stream-K blocks); the others get a K that ends inside a 256-value slice.
@@ -175,6 +180,24 @@ TEST(CudaMatmul, ClusterSplitEveryClusterSize) {
     const std::string kernel = "qmv_mma_c" + std::to_string(cluster);
     for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {1024, 2048}, {8, 320}}) {
       for (std::int64_t M : {1, 8, 9, 16, 17, 40}) {
+        check_case({M, N, K, 4, 64, Dtype::float16, Dtype::float16, true, kernel}, rng);
+        check_case({M, N, K, 3, 32, Dtype::bfloat16, Dtype::bfloat16, true, kernel}, rng);
+      }
+    }
+  }
+}
+
+/// qmv_mma's wgmma MMAs ("_wg", compute capability 9.0): every token tile count, stream-K and
+/// cluster split, token counts around and past each tile (tokens past M are zero columns of the
+/// staged x), N and K tails, both 16-bit dtypes.
+TEST(CudaMatmul, WgmmaEveryTokenTile) {
+  QMM_REQUIRE_GPU();
+  if (!device_runs("qmv_mma_wg")) GTEST_SKIP() << "wgmma needs a compute capability 9.0 device";
+  std::mt19937 rng(19);
+  for (const char* kernel : {"qmv_mma_wg", "qmv_mma_m8_wg", "qmv_mma_m16_wg", "qmv_mma_m32_wg", "qmv_mma_m64_wg",
+                             "qmv_mma_c4_wg", "qmv_mma_m64_c2_wg"}) {
+    for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {1024, 2048}, {8, 320}}) {
+      for (std::int64_t M : {1, 8, 9, 16, 17, 31, 33, 64, 65, 100}) {
         check_case({M, N, K, 4, 64, Dtype::float16, Dtype::float16, true, kernel}, rng);
         check_case({M, N, K, 3, 32, Dtype::bfloat16, Dtype::bfloat16, true, kernel}, rng);
       }

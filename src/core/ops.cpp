@@ -464,8 +464,14 @@ DeviceInfo device_info(const Device& device) {
 bool is_kernel_name(const Device& device, const std::string& op, const std::string& name) {
   const auto names = kernel_names(device, op);
   // A listed name; a tensor-core tile name (qmv_<family>_m<rows>) followed by "_b<digits>" (a
-  // block count); or a qmv_mma name (tile or family) followed by "_c<digits>" (a cluster size).
-  // The backend checks the numbers.
+  // block count); a qmv_mma name (tile or family) followed by "_c<digits>" (a cluster size); or
+  // any of those qmv_mma names followed by "_wg" (wgmma MMAs). The backend checks the numbers.
+  const std::string wg = "_wg";
+  if (name.rfind("qmv_mma", 0) == 0 && name.size() > wg.size() &&
+      name.compare(name.size() - wg.size(), wg.size(), wg) == 0) {
+    const std::string base = name.substr(0, name.size() - wg.size());
+    return base.rfind("qmv_mma", 0) == 0 && is_kernel_name(device, op, base);
+  }
   const auto has_suffix = [&name](const std::string& n, const char* tag) {
     return name.size() > n.size() + 2 && name.compare(0, n.size(), n) == 0 && name.compare(n.size(), 2, tag) == 0 &&
            name.find_first_not_of("0123456789", n.size() + 2) == std::string::npos;

@@ -12,6 +12,7 @@ constexpr const char* kColumns = "qvm_columns";
 constexpr const char* kTmaFamily = "qmv_tma";
 constexpr const char* kMmaFamily = "qmv_mma";
 constexpr int kTokenTileChoices[] = {1, 2, 4, 8};
+constexpr const char* kWgmmaSuffix = "_wg";
 
 std::string mma_name(int token_tiles) { return "qmv_mma_m" + std::to_string(8 * token_tiles); }
 std::string tma_name(int token_tiles) { return "qmv_tma_m" + std::to_string(8 * token_tiles); }
@@ -26,7 +27,7 @@ std::string KernelConfig::name() const {
     case Family::qmv_staged:
       return staged_name(token_tiles);
     case Family::qmv_mma:
-      return mma_name(token_tiles) + (cluster > 0 ? "_c" + std::to_string(cluster) : "");
+      return mma_name(token_tiles) + (cluster > 0 ? "_c" + std::to_string(cluster) : "") + (wgmma ? kWgmmaSuffix : "");
     case Family::qmv_warp_rows:
       return kWarpRows;
     case Family::qvm_columns:
@@ -45,6 +46,7 @@ std::vector<std::string> kernel_names() {
   for (int t : kTokenTileChoices) {
     for (int size : kMmaClusterSizes) names.push_back(mma_name(t) + "_c" + std::to_string(size));
   }
+  for (int t : kTokenTileChoices) names.push_back(mma_name(t) + kWgmmaSuffix);  // after "_b<n>" or "_c<C>" too
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -103,6 +105,8 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   return 0;
 }
 
+bool wgmma_pays(int token_tiles, const DeviceShape& d) { return d.compute_capability == 90 && token_tiles == 8; }
+
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   KernelConfig c;
   if (!p.transpose) {
@@ -115,6 +119,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   }
   c.family = Family::qmv_mma;
   c.token_tiles = token_tiles_for(p.M);
+  c.wgmma = wgmma_pays(c.token_tiles, d);
   if (const int cluster = cluster_size(p, d); cluster > 0) {
     c.cluster = cluster;
     c.blocks = static_cast<int>(row_blocks(p)) * cluster;
@@ -125,6 +130,19 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
 }
 
 KernelConfig forced(const std::string& requested, const ProblemShape& p, const DeviceShape& d) {
+  // "_wg" after any qmv_mma name: that configuration with wgmma MMAs (compute capability 9.0).
+  const std::string wg = kWgmmaSuffix;
+  if (requested.size() > wg.size() && requested.rfind(kMmaFamily, 0) == 0 &&
+      requested.compare(requested.size() - wg.size(), wg.size(), wg) == 0) {
+    if (!mma_supported(p) || d.compute_capability != 90) {
+      throw Error("[quantized_matmul] kernel " + requested +
+                  " needs a compute capability 9.0 device (wgmma), transpose=true and float16 or bfloat16 x with "
+                  "scales of the same dtype");
+    }
+    KernelConfig c = forced(requested.substr(0, requested.size() - wg.size()), p, d);
+    c.wgmma = true;
+    return c;
+  }
   // A family name stands for the token-tile configuration dispatch would pick for this M.
   // "qmv_mma_c<C>" likewise, with a cluster of C.
   const bool mma_cluster_family = requested.rfind(std::string(kMmaFamily) + "_c", 0) == 0;

@@ -42,6 +42,9 @@ struct KernelConfig {
   /// qmv_mma on sm_90: blocks per thread-block cluster splitting each row block's K, reduced
   /// through distributed shared memory (blocks = row blocks x cluster); 0: stream-K.
   int cluster = 0;
+  /// qmv_mma on compute capability 9.0: the MMAs on warpgroup wgmma, x staged in shared memory
+  /// (name suffix "_wg"), instead of mma.sync with x loaded from global memory by every warp.
+  bool wgmma = false;
   std::string name() const;
 };
 
@@ -84,6 +87,14 @@ constexpr int kMmaMaxCluster = 16;
 /// every M (-10..-18 %), the fused q|k|v 5120 -> 7168 6 up to M = 16 (15.9 -> 14.5 us) and 4 at
 /// M = 17..32; 5120 -> 13824 and 13824 -> 5120 keep stream-K (clusters were 2-28 % slower).
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
+
+/// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 only
+/// (sm_90a instructions; later cards run the compute_90 PTX, which has the mma.sync path only),
+/// for 64-token passes (M = 33..64, and the 64-row passes of larger M). Measured on the H100
+/// against mma.sync in the same configuration (bench/NOTES.md v11): -12..-18 % at M = 33..64 on
+/// the four Qwen2.5-14B shapes; at 32 tokens -4..+10 % (not taken); at 8 and 16 tokens slower
+/// (its one-buffer loop with x staging spills at 168 registers).
+bool wgmma_pays(int token_tiles, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared
 /// memory decides: 4 pipeline stages of 14-24 KB for 4-bit, 22-26 KB for 8-bit; fewer, larger

@@ -32,6 +32,7 @@
 #include "src/cuda/qmv_mma_segment.cuh"
 #include "src/cuda/static_dispatch.cuh"
 #include "src/cuda/stream_k.cuh"
+#include "src/cuda/wgmma.cuh"
 #include "src/cuda/workspace.h"
 #include "src/format/affine.h"
 
@@ -156,11 +157,65 @@ __device__ __forceinline__ void run_one_buffer(float (&acc)[2][TokenTiles][4], c
   }
 }
 
-/// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
-/// two-buffer loop where its registers fit.
+/// Bytes of shared memory the wgmma path stages x in: two segments (one being multiplied while
+/// the next is written).
+template <int TokenTiles>
+constexpr int wgmma_stage_bytes() {
+  return 2 * qmm::cuda::wgmma::XStage<8 * TokenTiles>::kBytes;
+}
+
+/// Segments [s0, s1) with the MMAs on wgmma (sm_90a): per segment, the A fragments of all eight
+/// steps are dequantized, sixteen asynchronous wgmmas (the block's two 64-row halves x eight
+/// steps) multiply them by the segment's x in shared memory, and meanwhile the block stages the
+/// next segment's x into the other buffer. The weights stream through the one-buffer register
+/// pipeline (the next segment's loads are in flight while this one computes).
 template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
+                                          const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
+                                          const T* const (&brow)[4], int s0, int s1, int c, unsigned char* stages) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  namespace wg = qmm::cuda::wgmma;
+  constexpr int kTokens = 8 * TokenTiles;
+  constexpr int kStageBytes = wg::XStage<kTokens>::kBytes;
+  const std::uint32_t stage_address = qmm::cuda::shared_address(stages);
+  SegmentLoad<T, Bits> current;
+  load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
+  wg::stage_x<T, kTokens>(stages, p, s0);
+  wg::fence_async_shared();
+  __syncthreads();
+  for (int seg = s0; seg < s1; ++seg) {
+    const int buffer = (seg - s0) & 1;
+    SegmentLoad<T, Bits> next;
+    if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+    std::uint32_t a[2][8][4];
+    mma::segment_fragments<T, Bits>(a, current);
+    wg::fence();
+#pragma unroll
+    for (int step = 0; step < 8; ++step) {
+      const std::uint64_t desc = wg::x_descriptor<kTokens>(stage_address + buffer * kStageBytes, step);
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile) wg::mma_async<T, TokenTiles>(acc[tile], a[tile][step], desc);
+    }
+    wg::commit();
+    if (seg + 1 < s1) wg::stage_x<T, kTokens>(stages + (buffer ^ 1) * kStageBytes, p, seg + 1);
+    wg::wait_all();
+    wg::pin(acc[0]);
+    wg::pin(acc[1]);
+    // The next segment's x is now visible to every warp's wgmmas, and no wgmma reads this buffer.
+    wg::fence_async_shared();
+    __syncthreads();
+    if (seg + 1 < s1) current = next;
+  }
+#else
+  __trap();  // wgmma is sm_90a code: dispatch and forced() send only compute capability 9.0 here
+#endif
+}
+
+/// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
+/// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`).
+template <typename T, int Bits, int TokenTiles, bool Wgmma>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
-                                             int s1) {
+                                             int s1, unsigned char* stages) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
@@ -178,7 +233,9 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
-  if constexpr (two_buffer_loop(TokenTiles, Bits)) {
+  if constexpr (Wgmma) {
+    run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
+  } else if constexpr (two_buffer_loop(TokenTiles, Bits)) {
     run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else {
     run_one_buffer<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
@@ -190,12 +247,18 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
 /// rank order through distributed shared memory: a fixed order (batch invariance), with no global
 /// memory, counter or fence. Where dispatch takes it, it removes the stream-K fixup (3-4.5 us a
 /// call): 5120 -> 5120 at M=1 went from 14.5 to 12.2 us on the H100 (bench/NOTES.md v10).
-template <typename T, int Bits, int TokenTiles>
+template <typename T, int Bits, int TokenTiles, bool Wgmma>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_cluster_kernel(const MmaParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kEntries = 2 * TokenTiles;
-  __shared__ float4 s_partial[kEntries][kMmaThreads];
+  constexpr int kPartialBytes = kEntries * kMmaThreads * static_cast<int>(sizeof(float4));
+  // The wgmma path's x stages and the partials share the buffer: the run, with its last wait and
+  // barrier, is over before the partials are written.
+  constexpr int kSharedBytes =
+      Wgmma && wgmma_stage_bytes<TokenTiles>() > kPartialBytes ? wgmma_stage_bytes<TokenTiles>() : kPartialBytes;
+  __shared__ alignas(128) unsigned char s_shared[kSharedBytes];
+  auto& s_partial = *reinterpret_cast<float4(*)[kEntries][kMmaThreads]>(s_shared);
   std::uint32_t rank, ranks, rb;
   asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
   asm("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(ranks));
@@ -204,7 +267,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (rank + 1) / ranks);
   float acc[2][TokenTiles][4];
   qmm::cuda::stream_k::zero(acc);
-  if (s0 < s1) run_segments<T, Bits, TokenTiles>(acc, p, static_cast<int>(rb), s0, s1);
+  if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma>(acc, p, static_cast<int>(rb), s0, s1, s_shared);
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
@@ -251,10 +314,11 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 #endif
 }
 
-template <typename T, int Bits, int TokenTiles>
+template <typename T, int Bits, int TokenTiles, bool Wgmma>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_kernel(const MmaParams p) {
   __shared__ int s_is_last;
+  __shared__ alignas(128) unsigned char s_stages[Wgmma ? wgmma_stage_bytes<TokenTiles>() : 16];
   const std::int64_t items = static_cast<std::int64_t>(p.row_blocks) * p.segments;
   const std::int64_t start = item_start(items, p.blocks, blockIdx.x);
   const std::int64_t end = item_start(items, p.blocks, blockIdx.x + 1);
@@ -266,7 +330,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
-    run_segments<T, Bits, TokenTiles>(acc, p, rb, s0, s1);
+    run_segments<T, Bits, TokenTiles, Wgmma>(acc, p, rb, s0, s1, s_stages);
 
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
     cur += s1 - s0;
@@ -276,14 +340,18 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 using KernelFn = void (*)(MmaParams);
 
 /// The instantiation for this problem's activation dtype and bits and the configuration's token
-/// tiles (launch and occupancy query share it).
-KernelFn kernel_for(const MatmulProblem& p, int token_tiles, bool cluster) {
+/// tiles, split and MMA instruction (launch and occupancy query share it).
+KernelFn kernel_for(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
   return qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
     using T = typename decltype(dtype)::type;
-    return qmm::cuda::with_token_tiles<1, 2, 4, 8>(token_tiles, [&](auto tiles) {
+    return qmm::cuda::with_token_tiles<1, 2, 4, 8>(config.token_tiles, [&](auto tiles) {
       return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
-        if (cluster) return &qmv_mma_cluster_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
-        return &qmv_mma_kernel<T, decltype(bits)::value, decltype(tiles)::value>;
+        constexpr int B = decltype(bits)::value;
+        constexpr int Tiles = decltype(tiles)::value;
+        if (config.cluster > 0) {
+          return config.wgmma ? &qmv_mma_cluster_kernel<T, B, Tiles, true> : &qmv_mma_cluster_kernel<T, B, Tiles, false>;
+        }
+        return config.wgmma ? &qmv_mma_kernel<T, B, Tiles, true> : &qmv_mma_kernel<T, B, Tiles, false>;
       });
     });
   });
@@ -294,12 +362,12 @@ KernelFn kernel_for(const MatmulProblem& p, int token_tiles, bool cluster) {
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
   int blocks = 0;
   QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, reinterpret_cast<const void*>(kernel_for(p, config.token_tiles, config.cluster > 0)), kMmaThreads, 0));
+      &blocks, reinterpret_cast<const void*>(kernel_for(p, config)), kMmaThreads, 0));
   return blocks;
 }
 
 void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config, cudaStream_t stream) {
-  const KernelFn kernel = kernel_for(p, config.token_tiles, config.cluster > 0);
+  const KernelFn kernel = kernel_for(p, config);
   MmaParams q = qmm::cuda::stream_k::make_params(p, config.blocks);
   if (config.cluster > 0) {
     if (config.cluster > cuda_dispatch::kMmaMaxPortableCluster) {

@@ -27,6 +27,39 @@ struct SegmentLoad {
   T b[4];
 };
 
+/// The A fragment of MMA tile `tile` (rows 16 tile .. 16 tile + 15 of the warp) in step `step` of
+/// step pair `pair`: the dequantized values this thread feeds (see mma_fragments.cuh).
+template <typename T, int Bits>
+__device__ __forceinline__ void weight_fragment(std::uint32_t (&a)[4], const SegmentLoad<T, Bits>& L,
+                                                const typename Types<T>::T2 (&s2)[4],
+                                                const typename Types<T>::T2 (&b2)[4], std::uint32_t magic, int pair,
+                                                int step, int tile) {
+  const int r0 = 2 * tile, r8 = 2 * tile + 1;
+  a[0] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), s2[r0], b2[r0]);
+  a[1] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), s2[r8], b2[r8]);
+  a[2] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), s2[r0], b2[r0]);
+  a[3] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), s2[r8], b2[r8]);
+}
+
+/// The A fragments of a whole segment, a[tile][2 pair + step], for the wgmma path, which
+/// multiplies them after the segment's x is staged (qmv_mma_kernels.cu run_wgmma).
+template <typename T, int Bits>
+__device__ __forceinline__ void segment_fragments(std::uint32_t (&a)[2][8][4], const SegmentLoad<T, Bits>& L) {
+  const std::uint32_t magic = pair_magic<T, Bits>();
+  using T2 = typename Types<T>::T2;
+  T2 s2[4], b2[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) s2[i] = T2{L.s[i], L.s[i]}, b2[i] = T2{L.b[i], L.b[i]};
+#pragma unroll
+  for (int pair = 0; pair < 4; ++pair)
+#pragma unroll
+    for (int step = 0; step < 2; ++step)
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile) {
+        weight_fragment<T, Bits>(a[tile][2 * pair + step], L, s2, b2, magic, pair, step, tile);
+      }
+}
+
 /// MMAs of one 128-value segment. `load_x(t, pair)` returns the 8 values of x this thread feeds
 /// in step pair `pair` of token tile t (zeros for tokens past M and chunks past K); the callers
 /// below differ only in how they address x.
@@ -55,12 +88,8 @@ __device__ __forceinline__ void mma_segment(float (&acc)[2][TokenTiles][4], cons
     for (int step = 0; step < 2; ++step) {
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) {
-        const int r0 = 2 * tile, r8 = 2 * tile + 1;
         std::uint32_t a[4];
-        a[0] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), s2[r0], b2[r0]);
-        a[1] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), s2[r8], b2[r8]);
-        a[2] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), s2[r0], b2[r0]);
-        a[3] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), s2[r8], b2[r8]);
+        weight_fragment<T, Bits>(a, L, s2, b2, magic, pair, step, tile);
 #pragma unroll
         for (int t = 0; t < TokenTiles; ++t) {
           mma_16816<T>(acc[tile][t], a, bx[t][2 * step], bx[t][2 * step + 1]);
