@@ -89,6 +89,8 @@ int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_
   return static_cast<int>(std::max<std::int64_t>(1, std::min(slots, items / kMinItemsPerBlock)));
 }
 
+bool wgmma_pays(int token_tiles, const DeviceShape& d) { return d.compute_capability == 90 && token_tiles == 8; }
+
 int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   if (d.compute_capability < 90 || !mma_supported(p)) return 0;
   // M = 1..16 decide with the slots both of their token tiles have (mma_blocks_per_sm is the same
@@ -99,13 +101,12 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   const int blocks = stream_k_blocks(p, d, mma_blocks_per_sm(tiles));
   const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + blocks - 1) / blocks;
   for (const int size : kMmaClusterSizes) {
+    if (size == 5 && !wgmma_pays(tiles, d)) continue;
     if (row_blocks(p) * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
     if ((segments + size - 1) / size <= stream_k_run + 1) return size;
   }
   return 0;
 }
-
-bool wgmma_pays(int token_tiles, const DeviceShape& d) { return d.compute_capability == 90 && token_tiles == 8; }
 
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   KernelConfig c;

@@ -69,8 +69,8 @@ constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 :
 
 /// qmv_mma's cluster split (sm_90): the cluster sizes dispatch considers, largest first. 8 is the
 /// portable maximum; larger, non-portable sizes (9, 12, 13, 16) measured slower on the H100
-/// (bench/NOTES.md v10): they do not pack into GPCs.
-constexpr int kMmaClusterSizes[] = {8, 6, 4};
+/// (bench/NOTES.md v10): they do not pack into GPCs. 5 is for wgmma passes only (cluster_size).
+constexpr int kMmaClusterSizes[] = {8, 6, 5, 4};
 /// The largest portable cluster, and the largest one sm_90 allows at all (non-portable sizes need
 /// cudaFuncAttributeNonPortableClusterSizeAllowed); forced names take 1..kMmaMaxCluster.
 constexpr int kMmaMaxPortableCluster = 8;
@@ -83,9 +83,12 @@ constexpr int kMmaMaxCluster = 16;
 ///   as one), and
 /// - streams at most one segment more per block than stream-K would, so the stream-K fixup
 ///   (3-4.5 us a call) costs more than the longer runs.
-/// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1), 5120 -> 1024 8 at
-/// every M (-10..-18 %), the fused q|k|v 5120 -> 7168 6 up to M = 16 (15.9 -> 14.5 us) and 4 at
-/// M = 17..32; 5120 -> 13824 and 13824 -> 5120 keep stream-K (clusters were 2-28 % slower).
+/// Clusters of 5 only where the MMAs are wgmma (wgmma_pays): with mma.sync they were 5.5 % slower
+/// than stream-K at M = 17 on 5120 -> 5120, with wgmma 2-5 % faster at M = 33..64.
+/// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1), stream-K at
+/// M = 17..32 and 5 at M = 33..64; 5120 -> 1024 8 at every M (-10..-18 %); the fused
+/// q|k|v 5120 -> 7168 6 up to M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 and 13824 -> 5120
+/// keep stream-K (clusters were 2-28 % slower).
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 only
