@@ -94,7 +94,7 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d);
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 only
 /// (sm_90a instructions; later cards run the compute_90 PTX, which has the mma.sync path only),
 /// for 64-token passes (M = 33..64, and the 64-row passes of larger M). Measured on the H100
-/// against mma.sync in the same configuration (bench/NOTES.md v11): -12..-18 % at M = 33..64 on
+/// against mma.sync in the same configuration (bench/NOTES.md v11): -6..-18 % at M = 33..64 on
 /// the four Qwen2.5-14B shapes; at 32 tokens -4..+10 % (not taken); at 8 and 16 tokens slower
 /// (its one-buffer loop with x staging spills at 168 registers).
 bool wgmma_pays(int token_tiles, const DeviceShape& d);

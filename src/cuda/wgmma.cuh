@@ -6,7 +6,7 @@
 // Why: with mma.sync every warp multiplies its rows by each 8-token tile itself and loads and
 // permutes its own copy of x: 8 MMAs, 8 x loads and 32 byte permutes per warp and step pair at 64
 // tokens, on top of the dequantization. One wgmma multiplies a warpgroup's 64 rows by all the
-// tokens, asynchronously, from one shared copy of x: -12..-18 % at M = 33..64 on the H100
+// tokens, asynchronously, from one shared copy of x: -6..-18 % at M = 33..64 on the H100
 // (bench/NOTES.md v11).
 #pragma once
 
