@@ -2,6 +2,7 @@
 // device shape in, configuration out. Runs on the CPU (label cpu) in every CUDA build.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "qmm/qmm.h"
@@ -123,11 +124,20 @@ TEST(CudaDispatch, WgmmaForSixtyFourTokensOnComputeCapabilityNine) {
   EXPECT_TRUE(forced("qmv_mma_m8_wg", shape(3, 1024, 5120), kH100).wgmma);
   EXPECT_EQ(forced("qmv_mma_m32_c3_wg", shape(3, 1024, 5120), kH100).name(), "qmv_mma_m32_c3_wg");
   EXPECT_EQ(forced("qmv_mma_m64_b7_wg", shape(3, 1024, 5120), kH100).blocks, 7);
+  // "_wg" names are listed only for a build with sm_90a code.
+  const auto listed = kernel_names(true), unlisted = kernel_names(false);
+  EXPECT_NE(std::find(listed.begin(), listed.end(), "qmv_mma_m64_wg"), listed.end());
+  EXPECT_EQ(std::count_if(unlisted.begin(), unlisted.end(),
+                          [](const std::string& n) { return n.find("_wg") != std::string::npos; }),
+            0);
   EXPECT_EQ(forced("qmv_mma_wg", shape(20, 1024, 5120), kH100).name(), "qmv_mma_m32_wg");
   EXPECT_FALSE(forced("qmv_mma_m64", shape(40, 1024, 5120), kH100).wgmma);
-  for (const DeviceShape& d : {DeviceShape{108, 80}, DeviceShape{148, 100}}) {
+  for (const DeviceShape& d : {DeviceShape{108, 80}, DeviceShape{148, 100}, DeviceShape{132, 90, false}}) {
     EXPECT_THROW(forced("qmv_mma_m64_wg", shape(40, 1024, 5120), d), Error);
   }
+  // A build without sm_90a code on an H100: mma.sync, and clusters of 5 are not taken.
+  EXPECT_FALSE(choose(shape(64, 13824, 5120), DeviceShape{132, 90, false}).wgmma);
+  EXPECT_EQ(choose(shape(48, 5120, 5120), DeviceShape{132, 90, false}).name(), "qmv_mma_m64");
   EXPECT_THROW(forced("qmv_mma_m64_wg", shape(40, 1024, 5120, 4, Dtype::float32), kH100), Error);
   for (const char* bad : {"qmv_tma_m8_wg", "qmv_staged_m8_wg", "qmv_mma_m8_wgx", "qmv_mma_m8_wg_b3", "qmv_warp_rows_wg"}) {
     EXPECT_THROW(forced(bad, shape(3, 1024, 5120), kH100), Error) << bad;

@@ -4,6 +4,7 @@
 // Label `cuda`: every test skips itself where there is no GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -110,11 +111,14 @@ std::vector<std::string> mma_kernels() {
           "qmv_mma_m64_b7_wg"};
 }
 /// qmv_tma and qmv_mma's cluster split ("_c<C>") need an sm_90 device, qmv_mma's wgmma MMAs
-/// ("_wg") compute capability 9.0 exactly; elsewhere their cases are skipped (dispatch never picks
-/// them there).
+/// ("_wg") compute capability 9.0 exactly and a build with sm_90a code (then kernel_names lists
+/// them); elsewhere their cases are skipped (dispatch never picks them there).
 bool device_runs(const std::string& kernel) {
   const int cc = device_info(kGpu).compute_capability;
-  if (kernel.size() > 3 && kernel.compare(kernel.size() - 3, 3, "_wg") == 0) return cc == 90;
+  if (kernel.size() > 3 && kernel.compare(kernel.size() - 3, 3, "_wg") == 0) {
+    const auto names = kernel_names(kGpu, "quantized_matmul");
+    return cc == 90 && std::find(names.begin(), names.end(), "qmv_mma_m64_wg") != names.end();
+  }
   if (kernel.rfind("qmv_tma", 0) != 0 && kernel.find("_c") == std::string::npos) return true;
   return cc >= 90;
 }

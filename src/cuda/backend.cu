@@ -26,6 +26,15 @@ cuda_dispatch::ProblemShape shape_of(const MatmulProblem& p) {
   return s;
 }
 
+/// QMM_CUDA_SM90A: CMake saw 90a in CMAKE_CUDA_ARCHITECTURES (qmv_mma's wgmma path is compiled).
+constexpr bool build_has_sm90a_code() {
+#if defined(QMM_CUDA_SM90A)
+  return true;
+#else
+  return false;
+#endif
+}
+
 cuda_dispatch::DeviceShape current_device() {
   int device = 0;
   QMM_CUDA_CHECK(cudaGetDevice(&device));
@@ -37,6 +46,7 @@ cuda_dispatch::DeviceShape current_device() {
     QMM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     QMM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
     cached.compute_capability = major * 10 + minor;
+    cached.sm90a_code = build_has_sm90a_code();
     cached_device = device;
   }
   return cached;
@@ -117,7 +127,7 @@ void cuda_quantized_matmul(const std::vector<MatmulProblem>& problems, Stream st
 }
 
 std::vector<std::string> cuda_kernel_names(const std::string& op) {
-  if (op == "quantized_matmul") return cuda_dispatch::kernel_names();
+  if (op == "quantized_matmul") return cuda_dispatch::kernel_names(build_has_sm90a_code());
   return {"cuda_elementwise"};
 }
 

@@ -36,7 +36,7 @@ std::string KernelConfig::name() const {
   return "?";
 }
 
-std::vector<std::string> kernel_names() {
+std::vector<std::string> kernel_names(bool sm90a_code) {
   std::vector<std::string> names;
   names.push_back(kTmaFamily);  // token tiles by M, like dispatch
   for (int t : {1, 2}) names.push_back(tma_name(t));  // "_b<blocks>" may follow
@@ -46,7 +46,9 @@ std::vector<std::string> kernel_names() {
   for (int t : kTokenTileChoices) {
     for (int size : kMmaClusterSizes) names.push_back(mma_name(t) + "_c" + std::to_string(size));
   }
-  for (int t : kTokenTileChoices) names.push_back(mma_name(t) + kWgmmaSuffix);  // after "_b<n>" or "_c<C>" too
+  if (sm90a_code) {
+    for (int t : kTokenTileChoices) names.push_back(mma_name(t) + kWgmmaSuffix);  // after "_b<n>" or "_c<C>" too
+  }
   names.push_back(kWarpRows);
   names.push_back(kColumns);
   return names;
@@ -89,7 +91,9 @@ int stream_k_blocks(const ProblemShape& p, const DeviceShape& d, int blocks_per_
   return static_cast<int>(std::max<std::int64_t>(1, std::min(slots, items / kMinItemsPerBlock)));
 }
 
-bool wgmma_pays(int token_tiles, const DeviceShape& d) { return d.compute_capability == 90 && token_tiles == 8; }
+bool wgmma_pays(int token_tiles, const DeviceShape& d) {
+  return d.compute_capability == 90 && d.sm90a_code && token_tiles == 8;
+}
 
 int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   if (d.compute_capability < 90 || !mma_supported(p)) return 0;
@@ -135,10 +139,10 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
   const std::string wg = kWgmmaSuffix;
   if (requested.size() > wg.size() && requested.rfind(kMmaFamily, 0) == 0 &&
       requested.compare(requested.size() - wg.size(), wg.size(), wg) == 0) {
-    if (!mma_supported(p) || d.compute_capability != 90) {
+    if (!mma_supported(p) || d.compute_capability != 90 || !d.sm90a_code) {
       throw Error("[quantized_matmul] kernel " + requested +
-                  " needs a compute capability 9.0 device (wgmma), transpose=true and float16 or bfloat16 x with "
-                  "scales of the same dtype");
+                  " needs a compute capability 9.0 device and a build with sm_90a code (wgmma), transpose=true and "
+                  "float16 or bfloat16 x with scales of the same dtype");
     }
     KernelConfig c = forced(requested.substr(0, requested.size() - wg.size()), p, d);
     c.wgmma = true;

@@ -23,6 +23,9 @@ struct ProblemShape {
 struct DeviceShape {
   int multiprocessors = 132;
   int compute_capability = 90;
+  /// Whether this build has sm_90a code (the wgmma instructions) for a compute capability 9.0
+  /// device: QMM_CUDA_SM90A, set by CMake when CMAKE_CUDA_ARCHITECTURES holds 90a.
+  bool sm90a_code = true;
 };
 
 enum class Family {
@@ -91,8 +94,9 @@ constexpr int kMmaMaxCluster = 16;
 /// keep stream-K (clusters were 2-28 % slower).
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
-/// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 only
-/// (sm_90a instructions; later cards run the compute_90 PTX, which has the mma.sync path only),
+/// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
+/// sm_90a code in the build only (later cards run the compute_90 PTX, which has the mma.sync
+/// path only),
 /// for 64-token passes (M = 33..64, and the 64-row passes of larger M). Measured on the H100
 /// against mma.sync in the same configuration (bench/NOTES.md v11): -6..-18 % at M = 33..64 on
 /// the four Qwen2.5-14B shapes; at 32 tokens -4..+10 % (not taken); at 8 and 16 tokens slower
@@ -127,8 +131,9 @@ constexpr int tma_pipeline_stages(int bits, int group_size) {
   return fit < 2 ? 2 : fit > kTmaMaxStages ? kTmaMaxStages : fit;
 }
 
-/// Names of every configuration `CallOptions::kernel` accepts on CUDA.
-std::vector<std::string> kernel_names();
+/// Names of every configuration `CallOptions::kernel` accepts on CUDA; the wgmma ones ("_wg")
+/// only for a build with sm_90a code.
+std::vector<std::string> kernel_names(bool sm90a_code = true);
 
 /// Whether qmv_mma can run this problem (transpose, 16-bit activations matching the scales).
 bool mma_supported(const ProblemShape& p);
