@@ -14,6 +14,9 @@
 //   (cuda_dispatch::cluster_size).
 // A block's run of segments streams through registers: the next segment's loads are in flight
 // while the current one computes (run_two_buffers / run_one_buffer below).
+// The MMAs are mma.sync per warp, or, for 64-token passes on compute capability 9.0 with sm_90a
+// code, warpgroup wgmma with x staged in shared memory (run_wgmma, wgmma.cuh;
+// cuda_dispatch::wgmma_pays).
 //
 // The dequantized weight s*q + b is formed with one fused 16-bit multiply-add from the exact
 // integer q (qmv_mma_segment.cuh, mma_fragments.cuh). Folding scale and bias after the MMA in

@@ -42,7 +42,9 @@ __device__ __forceinline__ void weight_fragment(std::uint32_t (&a)[4], const Seg
 }
 
 /// The A fragments of a whole segment, a[tile][2 pair + step], for the wgmma path, which
-/// multiplies them after the segment's x is staged (qmv_mma_kernels.cu run_wgmma).
+/// multiplies them after the segment's x is staged (qmv_mma_kernels.cu run_wgmma). Its first
+/// lines repeat mma_segment's: sharing them through a struct changed the PTX of the 4-bit
+/// one-token-tile kernels (M <= 8), which was not measured, so they stay written out twice.
 template <typename T, int Bits>
 __device__ __forceinline__ void segment_fragments(std::uint32_t (&a)[2][8][4], const SegmentLoad<T, Bits>& L) {
   const std::uint32_t magic = pair_magic<T, Bits>();
