@@ -76,8 +76,9 @@ std::pair<Shape, Dtype> quantized_matmul_output(const TensorView& x, const Tenso
 /// ("quantize", "dequantize", "quantized_matmul") on a device.
 std::vector<std::string> kernel_names(const Device& device, const std::string& op);
 /// Whether `name` is accepted by CallOptions::kernel for `op` on `device`: a name of
-/// kernel_names, a tensor-core tile name with a "_b<blocks>" suffix, or a qmv_mma name (tile or
-/// family) with a "_c<cluster>" suffix. The backend checks the numbers when the call runs.
+/// kernel_names, a tensor-core tile name with a "_b<blocks>" suffix, a qmv_mma name (tile or
+/// family) with a "_c<cluster>" suffix, or any of those qmv_mma names followed by "_wg" (wgmma
+/// MMAs). The backend checks the numbers, and the device and build for "_wg", when the call runs.
 bool is_kernel_name(const Device& device, const std::string& op, const std::string& name);
 
 /// How a quantized_matmul call would run (for reports such as `qmm bench`, and for tests).

@@ -96,11 +96,10 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
 /// sm_90a code in the build only (later cards run the compute_90 PTX, which has the mma.sync
-/// path only),
-/// for 64-token passes (M = 33..64, and the 64-row passes of larger M). Measured on the H100
-/// against mma.sync in the same configuration (bench/NOTES.md v11): -6..-18 % at M = 33..64 on
-/// the four Qwen2.5-14B shapes; at 32 tokens -4..+10 % (not taken); at 8 and 16 tokens slower
-/// (its one-buffer loop with x staging spills at 168 registers).
+/// path only), for 64-token passes (M = 33..64, and the 64-row passes of larger M). Measured on
+/// the H100 against mma.sync in the same configuration (bench/NOTES.md v11): -6..-18 % at
+/// M = 33..64 on the four Qwen2.5-14B shapes; at 32 tokens -4..+10 % (not taken); at 8 and 16
+/// tokens slower (its one-buffer loop with x staging spills at 168 registers).
 bool wgmma_pays(int token_tiles, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared

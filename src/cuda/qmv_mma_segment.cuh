@@ -41,17 +41,23 @@ __device__ __forceinline__ void weight_fragment(std::uint32_t (&a)[4], const Seg
   a[3] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), s2[r8], b2[r8]);
 }
 
+/// The (s, s) and (b, b) pairs of a thread's four rows, which every weight_fragment of the
+/// segment uses.
+template <typename T, int Bits>
+__device__ __forceinline__ void scale_pairs(const SegmentLoad<T, Bits>& L, typename Types<T>::T2 (&s2)[4],
+                                            typename Types<T>::T2 (&b2)[4]) {
+  using T2 = typename Types<T>::T2;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) s2[i] = T2{L.s[i], L.s[i]}, b2[i] = T2{L.b[i], L.b[i]};
+}
+
 /// The A fragments of a whole segment, a[tile][2 pair + step], for the wgmma path, which
-/// multiplies them after the segment's x is staged (qmv_mma_kernels.cu run_wgmma). Its first
-/// lines repeat mma_segment's: sharing them through a struct changed the PTX of the 4-bit
-/// one-token-tile kernels (M <= 8), which was not measured, so they stay written out twice.
+/// multiplies them after the segment's x is staged (qmv_mma_kernels.cu run_wgmma).
 template <typename T, int Bits>
 __device__ __forceinline__ void segment_fragments(std::uint32_t (&a)[2][8][4], const SegmentLoad<T, Bits>& L) {
   const std::uint32_t magic = pair_magic<T, Bits>();
-  using T2 = typename Types<T>::T2;
-  T2 s2[4], b2[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) s2[i] = T2{L.s[i], L.s[i]}, b2[i] = T2{L.b[i], L.b[i]};
+  typename Types<T>::T2 s2[4], b2[4];
+  scale_pairs<T, Bits>(L, s2, b2);
 #pragma unroll
   for (int pair = 0; pair < 4; ++pair)
 #pragma unroll
@@ -70,10 +76,8 @@ __device__ __forceinline__ void mma_segment(float (&acc)[2][TokenTiles][4], cons
                                             LoadX&& load_x) {
   // In a register, so the 4-bit path merges mask and magic into one LOP3.
   const std::uint32_t magic = pair_magic<T, Bits>();
-  using T2 = typename Types<T>::T2;
-  T2 s2[4], b2[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) s2[i] = T2{L.s[i], L.s[i]}, b2[i] = T2{L.b[i], L.b[i]};
+  typename Types<T>::T2 s2[4], b2[4];
+  scale_pairs<T, Bits>(L, s2, b2);
 #pragma unroll
   for (int pair = 0; pair < 4; ++pair) {
     // B fragments for the two steps of this pair, per token tile (see mma_fragments.cuh).
