@@ -33,7 +33,7 @@ TEST(CudaDispatch, SixteenBitActivationsTakeTheTensorCoreFamily) {
         EXPECT_EQ(c.family, Family::qmv_mma) << M;
         const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
         EXPECT_EQ(c.token_tiles, tiles) << M;
-        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles == 8 ? "_wg" : ""));
+        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles >= 4 ? "_wg" : ""));
       }
     }
   }
@@ -95,8 +95,8 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
   }
   // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 or 6 no longer
   // fit in one wave and clusters of 4 would stream 10 segments a block against 7; clusters of 5
-  // (200 blocks, 8 segments) are taken for 64-token passes on wgmma only; 8 clusters of 8 still
-  // fit; the fused q|k|v fits clusters of 4 (224 of 264 slots).
+  // (200 blocks, 8 segments) are taken for 64-token passes on wgmma only (not for 32-token wgmma
+  // passes); 8 clusters of 8 still fit; the fused q|k|v fits clusters of 4 (224 of 264 slots).
   for (std::int64_t M : {17, 32, 33, 64, 100}) {
     EXPECT_EQ(choose(shape(M, 5120, 5120), kH100).cluster, M > 32 ? 5 : 0) << M;
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 100}).cluster, 0) << M;  // no wgmma there
@@ -107,12 +107,12 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
   EXPECT_EQ(choose(shape(3, 5120, 5120, 4, Dtype::float32), kH100).family, Family::qmv_warp_rows);
 }
 
-/// wgmma MMAs for 64-token passes on compute capability 9.0 only, with either split; never for
-/// fewer tokens, never on sm_80 or on later cards (no wgmma there).
-TEST(CudaDispatch, WgmmaForSixtyFourTokensOnComputeCapabilityNine) {
+/// wgmma MMAs for 32- and 64-token passes on compute capability 9.0 only, with either split; never
+/// for fewer tokens, never on sm_80 or on later cards (no wgmma there).
+TEST(CudaDispatch, WgmmaForThirtyTwoAndSixtyFourTokensOnComputeCapabilityNine) {
   for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{13824, 5120}, {5120, 5120}, {1024, 5120}, {300, 4096}}) {
     for (std::int64_t M : {1, 8, 9, 16, 17, 32, 33, 64, 65, 200}) {
-      EXPECT_EQ(choose(shape(M, N, K), kH100).wgmma, M > 32) << N << " " << M;
+      EXPECT_EQ(choose(shape(M, N, K), kH100).wgmma, M > 16) << N << " " << M;
       for (const DeviceShape& d : {DeviceShape{108, 80}, DeviceShape{148, 100}, DeviceShape{170, 120}}) {
         EXPECT_FALSE(choose(shape(M, N, K), d).wgmma) << d.compute_capability;
       }
@@ -121,6 +121,9 @@ TEST(CudaDispatch, WgmmaForSixtyFourTokensOnComputeCapabilityNine) {
   EXPECT_EQ(choose(shape(64, 1024, 5120), kH100).name(), "qmv_mma_m64_c8_wg");
   EXPECT_EQ(choose(shape(33, 13824, 5120), kH100).name(), "qmv_mma_m64_wg");
   EXPECT_EQ(choose(shape(48, 5120, 5120), kH100).name(), "qmv_mma_m64_c5_wg");
+  EXPECT_EQ(choose(shape(17, 5120, 5120), kH100).name(), "qmv_mma_m32_wg");
+  EXPECT_EQ(choose(shape(32, 1024, 5120), kH100).name(), "qmv_mma_m32_c8_wg");
+  EXPECT_EQ(choose(shape(24, 5120, 13824), kH100).name(), "qmv_mma_m32_wg");
   EXPECT_TRUE(forced("qmv_mma_m8_wg", shape(3, 1024, 5120), kH100).wgmma);
   EXPECT_EQ(forced("qmv_mma_m32_c3_wg", shape(3, 1024, 5120), kH100).name(), "qmv_mma_m32_c3_wg");
   EXPECT_EQ(forced("qmv_mma_m64_b7_wg", shape(3, 1024, 5120), kH100).blocks, 7);

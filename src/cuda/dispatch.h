@@ -86,8 +86,9 @@ constexpr int kMmaMaxCluster = 16;
 ///   as one), and
 /// - streams at most one segment more per block than stream-K would, so the stream-K fixup
 ///   (3-4.5 us a call) costs more than the longer runs.
-/// Clusters of 5 only where the MMAs are wgmma (wgmma_pays): with mma.sync they were 5.5 % slower
-/// than stream-K at M = 17 on 5120 -> 5120, with wgmma 2-5 % faster at M = 33..64.
+/// Clusters of 5 only for 64-token passes on wgmma (wgmma_pays): with mma.sync they were 5.5 %
+/// slower than stream-K at M = 17 on 5120 -> 5120, with wgmma 2-5 % faster at M = 33..64; 32-token
+/// wgmma passes keep stream-K there (measured, bench/NOTES.md v12).
 /// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1), stream-K at
 /// M = 17..32 and 5 at M = 33..64; 5120 -> 1024 8 at every M (-10..-18 %); the fused
 /// q|k|v 5120 -> 7168 6 up to M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 and 13824 -> 5120
@@ -96,10 +97,11 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
 /// sm_90a code in the build only (later cards run the compute_90 PTX, which has the mma.sync
-/// path only), for 64-token passes (M = 33..64, and the 64-row passes of larger M). Measured on
-/// the H100 against mma.sync in the same configuration (bench/NOTES.md v11): -6..-18 % at
-/// M = 33..64 on the four Qwen2.5-14B shapes; at 32 tokens -4..+10 % (not taken); at 8 and 16
-/// tokens slower (its one-buffer loop with x staging spills at 168 registers).
+/// path only), for 32- and 64-token passes (M = 17..64, and the 64-row passes of larger M).
+/// Measured on the H100 against mma.sync in the same configuration (bench/NOTES.md v11, v12):
+/// with x for the next segment loaded while the current one computes, -4..-20 % at M = 33..64
+/// and -8..-20 % at M = 17..32 on the four Qwen2.5-14B shapes; at 8 and 16 tokens slower (its
+/// one-buffer loop with x staging spills at 168 registers).
 bool wgmma_pays(int token_tiles, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared

@@ -14,8 +14,8 @@
 //   (cuda_dispatch::cluster_size).
 // A block's run of segments streams through registers: the next segment's loads are in flight
 // while the current one computes (run_two_buffers / run_one_buffer below).
-// The MMAs are mma.sync per warp, or, for 64-token passes on compute capability 9.0 with sm_90a
-// code, warpgroup wgmma with x staged in shared memory (run_wgmma, wgmma.cuh;
+// The MMAs are mma.sync per warp, or, for 32- and 64-token passes on compute capability 9.0 with
+// sm_90a code, warpgroup wgmma with x staged in shared memory (run_wgmma, wgmma.cuh;
 // cuda_dispatch::wgmma_pays).
 //
 // The dequantized weight s*q + b is formed with one fused 16-bit multiply-add from the exact
@@ -169,9 +169,10 @@ constexpr int wgmma_stage_bytes() {
 
 /// Segments [s0, s1) with the MMAs on wgmma (sm_90a): per segment, the A fragments of all eight
 /// steps are dequantized, sixteen asynchronous wgmmas (the block's two 64-row halves x eight
-/// steps) multiply them by the segment's x in shared memory, and meanwhile the block stages the
-/// next segment's x into the other buffer. The weights stream through the one-buffer register
-/// pipeline (the next segment's loads are in flight while this one computes).
+/// steps) multiply them by the segment's x in shared memory, and meanwhile the block stores the
+/// next segment's x into the other buffer. The next segment's weights and x are loaded into
+/// registers before this one is dequantized (the one-buffer register pipeline), so their
+/// latency hides behind the dequantization and the wgmmas.
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
@@ -180,27 +181,34 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   namespace wg = qmm::cuda::wgmma;
   constexpr int kTokens = 8 * TokenTiles;
   constexpr int kStageBytes = wg::XStage<kTokens>::kBytes;
-  const std::uint32_t stage_address = qmm::cuda::shared_address(stages);
+  const std::uint64_t descriptor = wg::x_descriptor<kTokens>(qmm::cuda::shared_address(stages));
+  wg::XStager<T, kTokens> stager(p);
   SegmentLoad<T, Bits> current;
   load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
-  wg::stage_x<T, kTokens>(stages, p, s0);
+  stager.load_segment(s0, p.K);
+  stager.store(stages);
   wg::fence_async_shared();
   __syncthreads();
   for (int seg = s0; seg < s1; ++seg) {
     const int buffer = (seg - s0) & 1;
     SegmentLoad<T, Bits> next;
-    if (seg + 1 < s1) load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+    // The next segment's weights and x are in flight while this one is dequantized and multiplied.
+    if (seg + 1 < s1) {
+      load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+      stager.load_segment(seg + 1, p.K);
+    }
     std::uint32_t a[2][8][4];
     mma::segment_fragments<T, Bits>(a, current);
     wg::fence();
 #pragma unroll
     for (int step = 0; step < 8; ++step) {
-      const std::uint64_t desc = wg::x_descriptor<kTokens>(stage_address + buffer * kStageBytes, step);
+      const std::uint64_t desc =
+          wg::advance(descriptor, buffer * kStageBytes + step * wg::XStage<kTokens>::kStepBytes);
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) wg::mma_async<T, TokenTiles>(acc[tile], a[tile][step], desc);
     }
     wg::commit();
-    if (seg + 1 < s1) wg::stage_x<T, kTokens>(stages + (buffer ^ 1) * kStageBytes, p, seg + 1);
+    if (seg + 1 < s1) stager.store(stages + (buffer ^ 1) * kStageBytes);
     wg::wait_all();
     wg::pin(acc[0]);
     wg::pin(acc[1]);

@@ -1,13 +1,13 @@
-// Warpgroup MMA (sm_90a wgmma.mma_async) for qmv_mma's 64-token passes: the dequantized weights
-// stay in registers as the A operand (the fragments mma.m16n8k16 takes, so qmv_mma's weight side
-// is unchanged), and x is the B operand, staged once per block and segment in shared memory in the
-// k order the A fragments use (mma_fragments.cuh).
+// Warpgroup MMA (sm_90a wgmma.mma_async) for qmv_mma's 32- and 64-token passes: the dequantized
+// weights stay in registers as the A operand (the fragments mma.m16n8k16 takes, so qmv_mma's
+// weight side is unchanged), and x is the B operand, staged once per block and segment in shared
+// memory in the k order the A fragments use (mma_fragments.cuh).
 //
 // Why: with mma.sync every warp multiplies its rows by each 8-token tile itself and loads and
 // permutes its own copy of x: 8 MMAs, 8 x loads and 32 byte permutes per warp and step pair at 64
 // tokens, on top of the dequantization. One wgmma multiplies a warpgroup's 64 rows by all the
-// tokens, asynchronously, from one shared copy of x: -6..-18 % at M = 33..64 on the H100
-// (bench/NOTES.md v11).
+// tokens, asynchronously, from one shared copy of x: on the H100 -14..-31 % at M = 33..64 and
+// -8..-20 % at M = 17..32 against mma.sync (bench/NOTES.md v11, v12).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -38,46 +38,120 @@ struct XStage {
   static constexpr int kBytes = (kMmaSegment / 16) * kStepBytes;
 };
 
-/// The wgmma descriptor of step `step` of a segment staged at shared address `stage`: start
-/// address, leading (K) byte offset between the two core matrices of a group, stride (token) byte
-/// offset between groups, all in 16-byte units; no swizzle.
+/// The wgmma descriptor of x staged at shared address `stage` (its first step): start address,
+/// leading (K) byte offset between the two core matrices of a group, stride (token) byte offset
+/// between groups, all in 16-byte units; no swizzle.
 template <int Tokens>
-__device__ __forceinline__ std::uint64_t x_descriptor(std::uint32_t stage, int step) {
-  const std::uint32_t start = stage + static_cast<std::uint32_t>(step * XStage<Tokens>::kStepBytes);
-  return static_cast<std::uint64_t>((start & 0x3FFFF) >> 4) |
+__device__ __forceinline__ std::uint64_t x_descriptor(std::uint32_t stage) {
+  return static_cast<std::uint64_t>((stage & 0x3FFFF) >> 4) |
          (static_cast<std::uint64_t>(XStage<Tokens>::kCoreBytes >> 4) << 16) |
          (static_cast<std::uint64_t>(XStage<Tokens>::kGroupBytes >> 4) << 32);
 }
 
-/// Writes segment `seg` of x (tokens past M and values past K as zeros) into `stage`. Every thread
-/// of the block takes part; the caller makes the writes visible to the async proxy and the other
-/// warps (fence_async_shared, then a barrier) before a wgmma reads them.
-template <typename T, int Tokens>
-__device__ __forceinline__ void stage_x(unsigned char* stage, const stream_k::Params& p, int seg) {
-  const T* x = static_cast<const T*>(p.x);
-  // Item i: chunk c = i % 4, token r = (i / 4) % 8 of its group, then step pair and group. A
-  // warp's 32 lanes cover the 8 tokens x 4 chunks of one (pair, group), so its 4-byte stores land
-  // in 32 different banks.
-#pragma unroll
-  for (int i = static_cast<int>(threadIdx.x); i < Tokens * 16; i += kMmaThreads) {
-    const int c = i & 3;
-    const int r = (i >> 2) & 7;
-    const int pair = (i >> 5) & 3;
-    const int group = i >> 7;
-    const int n = group * 8 + r;
-    const int k = seg * kMmaSegment + 32 * c + 8 * pair;
-    uint4 X = make_uint4(0, 0, 0, 0);
-    if (n < p.M && k < p.K) X = __ldg(reinterpret_cast<const uint4*>(x + static_cast<std::int64_t>(n) * p.K + k));
-    unsigned char* even = stage + (2 * pair) * XStage<Tokens>::kStepBytes + group * XStage<Tokens>::kGroupBytes +
-                          r * 16 + c * 4;
-    unsigned char* odd = even + XStage<Tokens>::kStepBytes;
-    constexpr int kHigh = XStage<Tokens>::kCoreBytes;  // slots 8-15
-    *reinterpret_cast<std::uint32_t*>(even) = __byte_perm(X.x, X.z, 0x5410);         // (x0, x4)
-    *reinterpret_cast<std::uint32_t*>(even + kHigh) = __byte_perm(X.x, X.z, 0x7632);  // (x1, x5)
-    *reinterpret_cast<std::uint32_t*>(odd) = __byte_perm(X.y, X.w, 0x5410);           // (x2, x6)
-    *reinterpret_cast<std::uint32_t*>(odd + kHigh) = __byte_perm(X.y, X.w, 0x7632);   // (x3, x7)
-  }
+/// The descriptor `bytes` further on in shared memory (another step or stage): the start address
+/// is the low field, and shared memory (228 KB) is too small for the add to carry out of it.
+__device__ __forceinline__ std::uint64_t advance(std::uint64_t descriptor, int bytes) {
+  return descriptor + static_cast<std::uint64_t>(bytes >> 4);
 }
+
+/// Stages x for one run of segments, in two halves: load_segment brings a segment into registers
+/// and store writes it into a stage, so run_wgmma loads the next segment's x together with its
+/// weights, before the current segment is dequantized, and stores it after the wgmmas are issued.
+/// A thread's work per segment is whole items: item (token n, step pair p) is the 4 x 8 values
+/// x[n][k0 + 32 c + 8 p ..] of chunks c = 0..3, which fill exactly the four 16-byte core-matrix
+/// rows of token n in steps 2p and 2p + 1 (low and high k slots), so a thread loads 4 x 16 bytes
+/// and stores 4 x 16 bytes per item. The per-item addresses are computed once per run, and tokens
+/// past M read token M-1 (valid memory; their output columns are never stored), so a whole
+/// segment loads without predicates.
+///
+/// Why (bench/NOTES.md v12, H100): the first version staged one 16-byte chunk per thread and
+/// iteration, storing its four 4-byte value pairs to four places and recomputing addresses and
+/// predicates, about 210 of the 767 instructions per warp and segment of the 64-token kernel.
+/// Items alone took those away but left the x loads' latency exposed between the wgmmas and the
+/// barrier (slower by up to 8 %); loaded a segment ahead, -4..-20 % at M = 33..64, and 32-token
+/// passes became faster on wgmma than on mma.sync.
+template <typename T, int Tokens>
+struct XStager {
+  static constexpr int kItems = Tokens * 4;
+  static constexpr int kPerThread = (kItems + kMmaThreads - 1) / kMmaThreads;
+  static_assert(kItems % kMmaThreads == 0 || kItems < kMmaThreads, "items split evenly over the block");
+
+  const T* src[kPerThread];  // x at token n, value 8 p of segment 0
+  int dst[kPerThread];       // byte offset of the item's first row in a stage
+
+  __device__ __forceinline__ explicit XStager(const stream_k::Params& p) {
+    const T* x = static_cast<const T*>(p.x);
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      // A warp's lanes take 8 tokens x 4 pairs of one group: each of its 16-byte stores is one
+      // 128-byte core matrix per 8 lanes (no bank conflict), each load 8 tokens x 64 bytes.
+      const int i = static_cast<int>(threadIdx.x) + j * kMmaThreads;
+      const int r = i & 7;
+      const int pair = (i >> 3) & 3;
+      const int group = i >> 5;
+      const int n = min(group * 8 + r, p.M - 1);
+      src[j] = x + static_cast<std::int64_t>(n) * p.K + 8 * pair;
+      dst[j] = 2 * pair * XStage<Tokens>::kStepBytes + group * XStage<Tokens>::kGroupBytes + r * 16;
+    }
+  }
+
+  uint4 X[kPerThread][4];  // the loaded segment, between load_segment and store
+
+  /// Loads segment `seg` of x into registers; Whole: the segment lies inside K (else chunks past
+  /// K are zeros).
+  template <bool Whole>
+  __device__ __forceinline__ void load(int seg, int K) {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      if (kItems >= kMmaThreads || static_cast<int>(threadIdx.x) < kItems) {
+        const int k0 = seg * kMmaSegment;
+        const T* s = src[j] + k0;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          X[j][c] = make_uint4(0, 0, 0, 0);
+          if (Whole || k0 + 32 * c < K) X[j][c] = __ldg(reinterpret_cast<const uint4*>(s + 32 * c));
+        }
+      }
+    }
+  }
+
+  /// load<true> or load<false>, whichever segment `seg` needs.
+  __device__ __forceinline__ void load_segment(int seg, int K) {
+    if ((seg + 1) * kMmaSegment <= K) {
+      load<true>(seg, K);
+    } else {
+      load<false>(seg, K);
+    }
+  }
+
+  /// Writes the loaded segment into `stage`. Every thread of the block takes part; the caller
+  /// makes the writes visible to the async proxy and the other warps (fence_async_shared, then a
+  /// barrier) before a wgmma reads them.
+  __device__ __forceinline__ void store(unsigned char* stage) const {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      if (kItems >= kMmaThreads || static_cast<int>(threadIdx.x) < kItems) {
+        // In step 2p slots (2c, 2c+1) hold values (8p + 0, 8p + 4) of chunk c and slots
+        // (2c + 8, 2c + 9) values (8p + 1, 8p + 5); step 2p + 1 the same with 2, 6 and 3, 7.
+        const uint4(&x)[4] = X[j];
+        unsigned char* row = stage + dst[j];
+        constexpr int kHigh = XStage<Tokens>::kCoreBytes;
+        constexpr int kOdd = XStage<Tokens>::kStepBytes;
+        *reinterpret_cast<uint4*>(row) = make_uint4(__byte_perm(x[0].x, x[0].z, 0x5410), __byte_perm(x[1].x, x[1].z, 0x5410),
+                                                    __byte_perm(x[2].x, x[2].z, 0x5410), __byte_perm(x[3].x, x[3].z, 0x5410));
+        *reinterpret_cast<uint4*>(row + kHigh) =
+            make_uint4(__byte_perm(x[0].x, x[0].z, 0x7632), __byte_perm(x[1].x, x[1].z, 0x7632),
+                       __byte_perm(x[2].x, x[2].z, 0x7632), __byte_perm(x[3].x, x[3].z, 0x7632));
+        *reinterpret_cast<uint4*>(row + kOdd) =
+            make_uint4(__byte_perm(x[0].y, x[0].w, 0x5410), __byte_perm(x[1].y, x[1].w, 0x5410),
+                       __byte_perm(x[2].y, x[2].w, 0x5410), __byte_perm(x[3].y, x[3].w, 0x5410));
+        *reinterpret_cast<uint4*>(row + kOdd + kHigh) =
+            make_uint4(__byte_perm(x[0].y, x[0].w, 0x7632), __byte_perm(x[1].y, x[1].w, 0x7632),
+                       __byte_perm(x[2].y, x[2].w, 0x7632), __byte_perm(x[3].y, x[3].w, 0x7632));
+      }
+    }
+  }
+};
 
 /// Makes this thread's shared-memory writes visible to the async proxy (wgmma operand reads).
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
