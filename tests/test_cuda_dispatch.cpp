@@ -95,10 +95,10 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
   }
   // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 or 6 no longer
   // fit in one wave and clusters of 4 would stream 10 segments a block against 7; clusters of 5
-  // (200 blocks, 8 segments) are taken for 64-token passes on wgmma only (not for 32-token wgmma
-  // passes); 8 clusters of 8 still fit; the fused q|k|v fits clusters of 4 (224 of 264 slots).
+  // (200 blocks, 8 segments) are taken where the MMAs are wgmma (32 and 64 tokens); 8 clusters of
+  // 8 still fit; the fused q|k|v fits clusters of 4 (224 of 264 slots).
   for (std::int64_t M : {17, 32, 33, 64, 100}) {
-    EXPECT_EQ(choose(shape(M, 5120, 5120), kH100).cluster, M > 32 ? 5 : 0) << M;
+    EXPECT_EQ(choose(shape(M, 5120, 5120), kH100).cluster, 5) << M;
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 100}).cluster, 0) << M;  // no wgmma there
     EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 0) << M;
     EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).cluster, 8) << M;
@@ -121,7 +121,7 @@ TEST(CudaDispatch, WgmmaForThirtyTwoAndSixtyFourTokensOnComputeCapabilityNine) {
   EXPECT_EQ(choose(shape(64, 1024, 5120), kH100).name(), "qmv_mma_m64_c8_wg");
   EXPECT_EQ(choose(shape(33, 13824, 5120), kH100).name(), "qmv_mma_m64_wg");
   EXPECT_EQ(choose(shape(48, 5120, 5120), kH100).name(), "qmv_mma_m64_c5_wg");
-  EXPECT_EQ(choose(shape(17, 5120, 5120), kH100).name(), "qmv_mma_m32_wg");
+  EXPECT_EQ(choose(shape(17, 5120, 5120), kH100).name(), "qmv_mma_m32_c5_wg");
   EXPECT_EQ(choose(shape(32, 1024, 5120), kH100).name(), "qmv_mma_m32_c8_wg");
   EXPECT_EQ(choose(shape(24, 5120, 13824), kH100).name(), "qmv_mma_m32_wg");
   EXPECT_TRUE(forced("qmv_mma_m8_wg", shape(3, 1024, 5120), kH100).wgmma);

@@ -105,7 +105,7 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   const int blocks = stream_k_blocks(p, d, mma_blocks_per_sm(tiles));
   const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + blocks - 1) / blocks;
   for (const int size : kMmaClusterSizes) {
-    if (size == 5 && !(tiles == 8 && wgmma_pays(tiles, d))) continue;
+    if (size == 5 && !wgmma_pays(tiles, d)) continue;
     if (row_blocks(p) * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
     if ((segments + size - 1) / size <= stream_k_run + 1) return size;
   }

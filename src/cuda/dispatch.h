@@ -86,13 +86,13 @@ constexpr int kMmaMaxCluster = 16;
 ///   as one), and
 /// - streams at most one segment more per block than stream-K would, so the stream-K fixup
 ///   (3-4.5 us a call) costs more than the longer runs.
-/// Clusters of 5 only for 64-token passes on wgmma (wgmma_pays): with mma.sync they were 5.5 %
-/// slower than stream-K at M = 17 on 5120 -> 5120, with wgmma 2-5 % faster at M = 33..64; 32-token
-/// wgmma passes keep stream-K there (measured, bench/NOTES.md v12).
-/// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1), stream-K at
-/// M = 17..32 and 5 at M = 33..64; 5120 -> 1024 8 at every M (-10..-18 %); the fused
-/// q|k|v 5120 -> 7168 6 up to M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 and 13824 -> 5120
-/// keep stream-K (clusters were 2-28 % slower).
+/// Clusters of 5 only where the MMAs are wgmma (wgmma_pays): with mma.sync they were 5.5 % slower
+/// than stream-K at M = 17 on 5120 -> 5120; with wgmma 2-5 % faster at M = 33..64 and 9-10 %
+/// faster at M = 17..32 (bench/NOTES.md v11, v12).
+/// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1) and 5 at
+/// M = 17..64; 5120 -> 1024 8 at every M (-10..-18 %); the fused q|k|v 5120 -> 7168 6 up to
+/// M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 and 13824 -> 5120 keep stream-K (clusters were
+/// 2-28 % slower).
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
