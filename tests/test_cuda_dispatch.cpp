@@ -31,7 +31,7 @@ TEST(CudaDispatch, SixteenBitActivationsTakeTheTensorCoreFamily) {
       for (std::int64_t M = 1; M <= 64; ++M) {
         const KernelConfig c = choose(shape(M, 13824, 5120, bits, dt), kH100);
         EXPECT_EQ(c.family, Family::qmv_mma) << M;
-        const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 48 ? 6 : 8;
+        const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
         EXPECT_EQ(c.token_tiles, tiles) << M;
         EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles >= 4 ? "_wg" : ""));
       }
@@ -119,9 +119,8 @@ TEST(CudaDispatch, WgmmaForThirtyTwoAndSixtyFourTokensOnComputeCapabilityNine) {
     }
   }
   EXPECT_EQ(choose(shape(64, 1024, 5120), kH100).name(), "qmv_mma_m64_c8_wg");
-  EXPECT_EQ(choose(shape(33, 13824, 5120), kH100).name(), "qmv_mma_m48_wg");
-  EXPECT_EQ(choose(shape(48, 5120, 5120), kH100).name(), "qmv_mma_m48_c5_wg");
-  EXPECT_EQ(choose(shape(49, 5120, 5120), kH100).name(), "qmv_mma_m64_c5_wg");
+  EXPECT_EQ(choose(shape(33, 13824, 5120), kH100).name(), "qmv_mma_m64_wg");
+  EXPECT_EQ(choose(shape(48, 5120, 5120), kH100).name(), "qmv_mma_m64_c5_wg");
   EXPECT_EQ(choose(shape(17, 5120, 5120), kH100).name(), "qmv_mma_m32_c5_wg");
   EXPECT_EQ(choose(shape(32, 1024, 5120), kH100).name(), "qmv_mma_m32_c8_wg");
   EXPECT_EQ(choose(shape(24, 5120, 13824), kH100).name(), "qmv_mma_m32_wg");
@@ -141,7 +140,7 @@ TEST(CudaDispatch, WgmmaForThirtyTwoAndSixtyFourTokensOnComputeCapabilityNine) {
   }
   // A build without sm_90a code on an H100: mma.sync, and clusters of 5 are not taken.
   EXPECT_FALSE(choose(shape(64, 13824, 5120), DeviceShape{132, 90, false}).wgmma);
-  EXPECT_EQ(choose(shape(48, 5120, 5120), DeviceShape{132, 90, false}).name(), "qmv_mma_m48");
+  EXPECT_EQ(choose(shape(48, 5120, 5120), DeviceShape{132, 90, false}).name(), "qmv_mma_m64");
   EXPECT_THROW(forced("qmv_mma_m64_wg", shape(40, 1024, 5120, 4, Dtype::float32), kH100), Error);
   for (const char* bad : {"qmv_tma_m8_wg", "qmv_staged_m8_wg", "qmv_mma_m8_wgx", "qmv_mma_m8_wg_b3", "qmv_warp_rows_wg"}) {
     EXPECT_THROW(forced(bad, shape(3, 1024, 5120), kH100), Error) << bad;
@@ -236,11 +235,6 @@ TEST(CudaDispatch, TmaConfigurations) {
   EXPECT_EQ(c.token_tiles, 2);
   EXPECT_EQ(c.blocks, 9);
   EXPECT_EQ(forced("qmv_mma", shape(20, 1024, 5120), kH100).name(), "qmv_mma_m32");
-  // 48-token passes are qmv_mma's only (M = 33..48 by dispatch).
-  EXPECT_EQ(forced("qmv_mma", shape(40, 1024, 5120), kH100).name(), "qmv_mma_m48");
-  EXPECT_EQ(forced("qmv_mma_m48_b9", shape(3, 1024, 5120), kH100).token_tiles, 6);
-  EXPECT_EQ(forced("qmv_mma_m48_c5_wg", shape(3, 1024, 5120), kH100).name(), "qmv_mma_m48_c5_wg");
-  EXPECT_THROW(forced("qmv_staged_m48", shape(3, 1024, 5120), kH100), Error);
   // 4-bit g64: 16 KB of weights + 2 KB of scales and biases per stage, 4 stages in 74 KB.
   EXPECT_EQ(tma_stage_bytes(4, 64), 18 * 1024);
   EXPECT_EQ(tma_pipeline_stages(4, 64), 4);

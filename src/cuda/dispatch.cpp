@@ -11,17 +11,13 @@ constexpr const char* kWarpRows = "qmv_warp_rows";
 constexpr const char* kColumns = "qvm_columns";
 constexpr const char* kTmaFamily = "qmv_tma";
 constexpr const char* kMmaFamily = "qmv_mma";
-constexpr int kTokenTileChoices[] = {1, 2, 4, 8};    // qmv_staged
-constexpr int kMmaTokenTileChoices[] = {1, 2, 4, 6, 8};  // qmv_mma
+constexpr int kTokenTileChoices[] = {1, 2, 4, 8};
 constexpr const char* kWgmmaSuffix = "_wg";
 
 std::string mma_name(int token_tiles) { return "qmv_mma_m" + std::to_string(8 * token_tiles); }
 std::string tma_name(int token_tiles) { return "qmv_tma_m" + std::to_string(8 * token_tiles); }
 std::string staged_name(int token_tiles) { return "qmv_staged_m" + std::to_string(8 * token_tiles); }
-// qmv_mma's token tiles for M: 48-token passes between 32 and 64 because a pass costs about the
-// same whatever its M, so M = 33 in a 64-token pass was a 1.19-1.23 step over M = 32 on the H100
-// (bench/NOTES.md v12).
-int token_tiles_for(std::int64_t M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 48 ? 6 : 8; }
+int token_tiles_for(std::int64_t M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
 }  // namespace
 
 std::string KernelConfig::name() const {
@@ -46,12 +42,12 @@ std::vector<std::string> kernel_names(bool sm90a_code) {
   for (int t : {1, 2}) names.push_back(tma_name(t));  // "_b<blocks>" may follow
   names.push_back(kMmaFamily);
   for (int t : kTokenTileChoices) names.push_back(staged_name(t));  // "_b<blocks>" may follow
-  for (int t : kMmaTokenTileChoices) names.push_back(mma_name(t));  // likewise, or "_c<cluster>"
-  for (int t : kMmaTokenTileChoices) {
+  for (int t : kTokenTileChoices) names.push_back(mma_name(t));     // likewise, or "_c<cluster>"
+  for (int t : kTokenTileChoices) {
     for (int size : kMmaClusterSizes) names.push_back(mma_name(t) + "_c" + std::to_string(size));
   }
   if (sm90a_code) {
-    for (int t : kMmaTokenTileChoices) names.push_back(mma_name(t) + kWgmmaSuffix);  // after "_b<n>" or "_c<C>" too
+    for (int t : kTokenTileChoices) names.push_back(mma_name(t) + kWgmmaSuffix);  // after "_b<n>" or "_c<C>" too
   }
   names.push_back(kWarpRows);
   names.push_back(kColumns);
@@ -170,9 +166,8 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
   // qmv_{tma,staged,mma}_m<rows>[_b<blocks>]: the token tile and, optionally, the stream-K
   // block count; qmv_mma_m<rows>_c<cluster>: qmv_mma with the cluster split.
   for (const Family family : {Family::qmv_tma, Family::qmv_staged, Family::qmv_mma}) {
-    for (int t : kMmaTokenTileChoices) {
+    for (int t : kTokenTileChoices) {
       if (family == Family::qmv_tma && t > 2) continue;
-      if (family == Family::qmv_staged && t == 6) continue;
       const std::string base =
           family == Family::qmv_tma ? tma_name(t) : family == Family::qmv_staged ? staged_name(t) : mma_name(t);
       if (name.compare(0, base.size(), base) != 0) continue;

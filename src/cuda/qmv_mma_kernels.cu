@@ -355,7 +355,7 @@ using KernelFn = void (*)(MmaParams);
 KernelFn kernel_for(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
   return qmm::cuda::with_16bit_dtype(p.x_dtype, [&](auto dtype) {
     using T = typename decltype(dtype)::type;
-    return qmm::cuda::with_token_tiles<1, 2, 4, 6, 8>(config.token_tiles, [&](auto tiles) {
+    return qmm::cuda::with_token_tiles<1, 2, 4, 8>(config.token_tiles, [&](auto tiles) {
       return qmm::cuda::with_bits(p.w.bits, [&](auto bits) -> KernelFn {
         constexpr int B = decltype(bits)::value;
         constexpr int Tiles = decltype(tiles)::value;

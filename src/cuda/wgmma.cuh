@@ -74,6 +74,7 @@ template <typename T, int Tokens>
 struct XStager {
   static constexpr int kItems = Tokens * 4;
   static constexpr int kPerThread = (kItems + kMmaThreads - 1) / kMmaThreads;
+  static_assert(kItems % kMmaThreads == 0 || kItems < kMmaThreads, "items split evenly over the block");
 
   const T* src[kPerThread];  // x at token n, value 8 p of segment 0
   int dst[kPerThread];       // byte offset of the item's first row in a stage
@@ -102,7 +103,7 @@ struct XStager {
   __device__ __forceinline__ void load(int seg, int K) {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      if (kItems % kMmaThreads == 0 || static_cast<int>(threadIdx.x) + j * kMmaThreads < kItems) {
+      if (kItems >= kMmaThreads || static_cast<int>(threadIdx.x) < kItems) {
         const int k0 = seg * kMmaSegment;
         const T* s = src[j] + k0;
 #pragma unroll
@@ -129,7 +130,7 @@ struct XStager {
   __device__ __forceinline__ void store(unsigned char* stage) const {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      if (kItems % kMmaThreads == 0 || static_cast<int>(threadIdx.x) + j * kMmaThreads < kItems) {
+      if (kItems >= kMmaThreads || static_cast<int>(threadIdx.x) < kItems) {
         // In step 2p slots (2c, 2c+1) hold values (8p + 0, 8p + 4) of chunk c and slots
         // (2c + 8, 2c + 9) values (8p + 1, 8p + 5); step 2p + 1 the same with 2, 6 and 3, 7.
         const uint4(&x)[4] = X[j];
@@ -193,15 +194,6 @@ __device__ __forceinline__ void pin(float (&acc)[TokenTiles][4]) {
                " {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                                 \
                : QMM_WGMMA_ACC4(0), QMM_WGMMA_ACC4(1), QMM_WGMMA_ACC4(2), QMM_WGMMA_ACC4(3)                   \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
-#define QMM_WGMMA_N48(TYPE)                                                                                   \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"                                                   \
-               "wgmma.mma_async.sync.aligned.m64n48k16.f32." TYPE "." TYPE                                    \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                      \
-               " %16, %17, %18, %19, %20, %21, %22, %23},"                                                    \
-               " {%24, %25, %26, %27}, %28, p, 1, 1, 0;\n}\n"                                                 \
-               : QMM_WGMMA_ACC4(0), QMM_WGMMA_ACC4(1), QMM_WGMMA_ACC4(2), QMM_WGMMA_ACC4(3),                  \
-                 QMM_WGMMA_ACC4(4), QMM_WGMMA_ACC4(5)                                                         \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 #define QMM_WGMMA_N64(TYPE)                                                                                   \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                   \
                "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                    \
@@ -222,16 +214,13 @@ __device__ __forceinline__ void mma_async(float (&acc)[TokenTiles][4], const std
     if constexpr (kHalf) QMM_WGMMA_N16("f16"); else QMM_WGMMA_N16("bf16");
   } else if constexpr (TokenTiles == 4) {
     if constexpr (kHalf) QMM_WGMMA_N32("f16"); else QMM_WGMMA_N32("bf16");
-  } else if constexpr (TokenTiles == 6) {
-    if constexpr (kHalf) QMM_WGMMA_N48("f16"); else QMM_WGMMA_N48("bf16");
   } else {
-    static_assert(TokenTiles == 8, "wgmma token tiles are 1, 2, 4, 6 or 8");
+    static_assert(TokenTiles == 8, "wgmma token tiles are 1, 2, 4 or 8");
     if constexpr (kHalf) QMM_WGMMA_N64("f16"); else QMM_WGMMA_N64("bf16");
   }
 }
 
 #undef QMM_WGMMA_N64
-#undef QMM_WGMMA_N48
 #undef QMM_WGMMA_N32
 #undef QMM_WGMMA_N16
 #undef QMM_WGMMA_N8
