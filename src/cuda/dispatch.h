@@ -98,10 +98,11 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d);
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
 /// sm_90a code in the build only (later cards run the compute_90 PTX, which has the mma.sync
 /// path only), for 32- and 64-token passes (M = 17..64, and the 64-row passes of larger M).
-/// Measured on the H100 against mma.sync in the same configuration (bench/NOTES.md v11, v12):
-/// with x for the next segment loaded while the current one computes, -4..-20 % at M = 33..64
-/// and -8..-20 % at M = 17..32 on the four Qwen2.5-14B shapes; at 8 and 16 tokens slower (its
-/// one-buffer loop with x staging spills at 168 registers).
+/// Measured on the H100 against mma.sync in the same configuration (bench/NOTES.md v11, v12),
+/// with x for the next segment loaded while the current one computes: -8..-20 % at M = 17..32
+/// (same call) and -20..-26 % at M = 33..64 (against the sixth session's table) on the four
+/// Qwen2.5-14B shapes; at 8 and 16 tokens slower (its one-buffer loop with x staging spills at
+/// 168 registers).
 bool wgmma_pays(int token_tiles, const DeviceShape& d);
 
 /// qmv_staged: resident blocks per SM its kernels are compiled for and launched with (shared

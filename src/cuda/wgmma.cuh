@@ -6,8 +6,9 @@
 // Why: with mma.sync every warp multiplies its rows by each 8-token tile itself and loads and
 // permutes its own copy of x: 8 MMAs, 8 x loads and 32 byte permutes per warp and step pair at 64
 // tokens, on top of the dequantization. One wgmma multiplies a warpgroup's 64 rows by all the
-// tokens, asynchronously, from one shared copy of x: on the H100 -14..-31 % at M = 33..64 and
-// -8..-20 % at M = 17..32 against mma.sync (bench/NOTES.md v11, v12).
+// tokens, asynchronously, from one shared copy of x. On the H100, against mma.sync: -8..-20 % at
+// M = 17..32 (same call), -20..-26 % at M = 33..64 (against the sixth session's table;
+// bench/NOTES.md v11, v12).
 #pragma once
 
 #include <cuda_bf16.h>
