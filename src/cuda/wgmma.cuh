@@ -79,6 +79,7 @@ struct XStager {
 
   const T* src[kPerThread];  // x at token n, value 8 p of segment 0
   int dst[kPerThread];       // byte offset of the item's first row in a stage
+  uint4 X[kPerThread][4];    // the loaded segment, between load_segment and store
 
   __device__ __forceinline__ explicit XStager(const stream_k::Params& p) {
     const T* x = static_cast<const T*>(p.x);
@@ -95,8 +96,6 @@ struct XStager {
       dst[j] = 2 * pair * XStage<Tokens>::kStepBytes + group * XStage<Tokens>::kGroupBytes + r * 16;
     }
   }
-
-  uint4 X[kPerThread][4];  // the loaded segment, between load_segment and store
 
   /// Loads segment `seg` of x into registers; Whole: the segment lies inside K (else chunks past
   /// K are zeros).
@@ -138,8 +137,9 @@ struct XStager {
         unsigned char* row = stage + dst[j];
         constexpr int kHigh = XStage<Tokens>::kCoreBytes;
         constexpr int kOdd = XStage<Tokens>::kStepBytes;
-        *reinterpret_cast<uint4*>(row) = make_uint4(__byte_perm(x[0].x, x[0].z, 0x5410), __byte_perm(x[1].x, x[1].z, 0x5410),
-                                                    __byte_perm(x[2].x, x[2].z, 0x5410), __byte_perm(x[3].x, x[3].z, 0x5410));
+        *reinterpret_cast<uint4*>(row) =
+            make_uint4(__byte_perm(x[0].x, x[0].z, 0x5410), __byte_perm(x[1].x, x[1].z, 0x5410),
+                       __byte_perm(x[2].x, x[2].z, 0x5410), __byte_perm(x[3].x, x[3].z, 0x5410));
         *reinterpret_cast<uint4*>(row + kHigh) =
             make_uint4(__byte_perm(x[0].x, x[0].z, 0x7632), __byte_perm(x[1].x, x[1].z, 0x7632),
                        __byte_perm(x[2].x, x[2].z, 0x7632), __byte_perm(x[3].x, x[3].z, 0x7632));
