@@ -97,13 +97,18 @@ struct XStager {
     }
   }
 
+  /// Whether this thread has an item j (at 8 and 16 tokens only the first threads do).
+  __device__ __forceinline__ static bool holds(int j) {
+    return kItems % kMmaThreads == 0 || static_cast<int>(threadIdx.x) + j * kMmaThreads < kItems;
+  }
+
   /// Loads segment `seg` of x into registers; Whole: the segment lies inside K (else chunks past
   /// K are zeros).
   template <bool Whole>
   __device__ __forceinline__ void load(int seg, int K) {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      if (kItems >= kMmaThreads || static_cast<int>(threadIdx.x) < kItems) {
+      if (holds(j)) {
         const int k0 = seg * kMmaSegment;
         const T* s = src[j] + k0;
 #pragma unroll
@@ -130,7 +135,7 @@ struct XStager {
   __device__ __forceinline__ void store(unsigned char* stage) const {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      if (kItems >= kMmaThreads || static_cast<int>(threadIdx.x) < kItems) {
+      if (holds(j)) {
         // In step 2p slots (2c, 2c+1) hold values (8p + 0, 8p + 4) of chunk c and slots
         // (2c + 8, 2c + 9) values (8p + 1, 8p + 5); step 2p + 1 the same with 2, 6 and 3, 7.
         const uint4(&x)[4] = X[j];
