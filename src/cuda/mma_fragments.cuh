@@ -50,6 +50,15 @@ __device__ __forceinline__ uint4 load_quad_l2_256(const std::uint32_t* p) {
   return v;
 }
 
+/// Loads 16 bytes of x through the non-coherent path. Written in PTX (volatile, like the weight
+/// loads above) so the compiler keeps it where the caller placed it relative to them: the wgmma
+/// path issues a segment's x before its weights (qmv_mma_kernels.cu run_wgmma).
+__device__ __forceinline__ uint4 load_x_quad(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
 /// Loads a chunk with the widest aligned vector loads its size allows (the row and chunk
 /// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base).
 template <int Bits>

@@ -170,9 +170,9 @@ constexpr int wgmma_stage_bytes() {
 /// Segments [s0, s1) with the MMAs on wgmma (sm_90a): per segment, the A fragments of all eight
 /// steps are dequantized, sixteen asynchronous wgmmas (the block's two 64-row halves x eight
 /// steps) multiply them by the segment's x in shared memory, and meanwhile the block stores the
-/// next segment's x into the other buffer. The next segment's weights and x are loaded into
-/// registers before this one is dequantized (the one-buffer register pipeline), so their
-/// latency hides behind the dequantization and the wgmmas.
+/// next segment's x into the other buffer. The next segment's x and weights (in that order) are
+/// loaded into registers before this one is dequantized (the one-buffer register pipeline), so
+/// their latency hides behind the dequantization and the wgmmas.
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
@@ -184,8 +184,10 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   const std::uint64_t descriptor = wg::x_descriptor<kTokens>(qmm::cuda::shared_address(stages));
   wg::XStager<T, kTokens> stager(p);
   SegmentLoad<T, Bits> current;
-  load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
+  // x before the weights, here and in the loop: -1..-10 % at M = 17..64 on the H100, and the
+  // run's first store waited less for x (9.6 -> 6.1 % of the stall samples; bench/NOTES.md v13).
   stager.load_segment(s0, p.K);
+  load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
   stager.store(stages);
   wg::fence_async_shared();
   __syncthreads();
@@ -194,8 +196,8 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
     SegmentLoad<T, Bits> next;
     // The next segment's weights and x are in flight while this one is dequantized and multiplied.
     if (seg + 1 < s1) {
-      load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
       stager.load_segment(seg + 1, p.K);
+      load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
     }
     std::uint32_t a[2][8][4];
     mma::segment_fragments<T, Bits>(a, current);

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "src/cuda/dispatch.h"
+#include "src/cuda/mma_fragments.cuh"
 #include "src/cuda/stream_k.cuh"
 
 namespace qmm::cuda::wgmma {
@@ -114,7 +115,7 @@ struct XStager {
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
           X[j][c] = make_uint4(0, 0, 0, 0);
-          if (Whole || k0 + 32 * c < K) X[j][c] = __ldg(reinterpret_cast<const uint4*>(s + 32 * c));
+          if (Whole || k0 + 32 * c < K) X[j][c] = qmm::cuda::mma::load_x_quad(s + 32 * c);
         }
       }
     }
