@@ -184,8 +184,9 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   const std::uint64_t descriptor = wg::x_descriptor<kTokens>(qmm::cuda::shared_address(stages));
   wg::XStager<T, kTokens> stager(p);
   SegmentLoad<T, Bits> current;
-  // x before the weights, here and in the loop: -1..-10 % at M = 17..64 on the H100, and the
-  // run's first store waited less for x (9.6 -> 6.1 % of the stall samples; bench/NOTES.md v13).
+  // x before the weights, here and in the loop: 2-9 % faster at M = 32..64 on the H100 (-4.5..+0.7 %
+  // at M = 17), and the run's first store waited less for x (9.6 -> 6.1 % of the stall samples;
+  // bench/NOTES.md v13).
   stager.load_segment(s0, p.K);
   load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
   stager.store(stages);
