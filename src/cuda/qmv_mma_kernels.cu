@@ -195,7 +195,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   for (int seg = s0; seg < s1; ++seg) {
     const int buffer = (seg - s0) & 1;
     SegmentLoad<T, Bits> next;
-    // The next segment's weights and x are in flight while this one is dequantized and multiplied.
+    // The next segment's x and weights are in flight while this one is dequantized and multiplied.
     if (seg + 1 < s1) {
       stager.load_segment(seg + 1, p.K);
       load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
