@@ -142,7 +142,27 @@ struct TokenCursor {
   }
 };
 
-/// MMAs of a whole segment `offset` values past the cursor's first segment.
+/// A thread's x for one whole segment: per token tile, the 8 values of each step pair (zeros for
+/// a token past M).
+template <int TokenTiles>
+struct SegmentX {
+  uint4 v[TokenTiles][4];
+};
+
+/// Loads the x of a whole segment `offset` values past the cursor's first segment.
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void load_segment_x(SegmentX<TokenTiles>& X, const TokenCursor<T, TokenTiles>& xs,
+                                               int offset) {
+#pragma unroll
+  for (int t = 0; t < TokenTiles; ++t)
+#pragma unroll
+    for (int pair = 0; pair < 4; ++pair) {
+      X.v[t][pair] = make_uint4(0, 0, 0, 0);
+      if (xs.live[t]) X.v[t][pair] = __ldg(reinterpret_cast<const uint4*>(xs.x[t] + offset + 8 * pair));
+    }
+}
+
+/// MMAs of a whole segment `offset` values past the cursor's first segment, x loaded here.
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void compute_whole_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
                                                       const TokenCursor<T, TokenTiles>& xs, int offset) {
@@ -151,6 +171,24 @@ __device__ __forceinline__ void compute_whole_segment(float (&acc)[2][TokenTiles
     if (xs.live[t]) X = __ldg(reinterpret_cast<const uint4*>(xs.x[t] + offset + 8 * pair));
     return X;
   });
+}
+
+/// MMAs of a whole segment whose x is loaded.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void compute_whole_segment(float (&acc)[2][TokenTiles][4], const SegmentLoad<T, Bits>& L,
+                                                      const SegmentX<TokenTiles>& X) {
+  mma_segment<T, Bits, TokenTiles>(acc, L, [&](int t, int pair) { return X.v[t][pair]; });
+}
+
+/// `zero` (a run-time 0) made data-dependent on the last word of each of a segment's loads
+/// (weights, scale, x), so loads addressed with it issue only after that segment has arrived.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ int arrival_dependency(const SegmentLoad<T, Bits>& L, const SegmentX<TokenTiles>& X,
+                                                  int zero) {
+  std::uint16_t bias_bits;
+  memcpy(&bias_bits, &L.b[3], sizeof bias_bits);
+  const std::uint32_t bits = L.chunk[3].w[Bits - 1] ^ X.v[TokenTiles - 1][3].w ^ bias_bits;
+  return static_cast<int>(bits) & zero;
 }
 
 }  // namespace qmm::cuda::mma

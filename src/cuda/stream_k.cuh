@@ -45,6 +45,9 @@ struct Params {
   int blocks;
   int* counters;    // one per row block, zero between calls
   float* partials;  // [blocks][2][fragment]: per (tile, t) one float4 acc[tile][t][0..3] per thread
+  /// Always 0, but unknown to the compiler: qmv_mma's two-buffer loop adds (data & zero) to the
+  /// next segment's load addresses so those loads issue only after this segment's data arrived.
+  int zero;
 };
 
 /// Sets an accumulator fragment (or any small fixed-size float array) to zero.
@@ -243,6 +246,7 @@ inline Params make_params(const detail::MatmulProblem& p, int blocks) {
   q.row_blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
   q.segments = static_cast<int>((p.K + kMmaSegment - 1) / kMmaSegment);
   q.blocks = blocks;
+  q.zero = 0;  // Params::zero
   return q;
 }
 
