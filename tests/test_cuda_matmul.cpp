@@ -201,7 +201,7 @@ TEST(CudaMatmul, WgmmaEveryTokenTile) {
   for (const char* kernel : {"qmv_mma_wg", "qmv_mma_m8_wg", "qmv_mma_m16_wg", "qmv_mma_m32_wg", "qmv_mma_m64_wg",
                              "qmv_mma_c4_wg", "qmv_mma_m64_c2_wg"}) {
     for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {8, 320}}) {
-      for (std::int64_t M : {1, 9, 16, 17, 31, 33, 64, 65, 100}) {
+      for (std::int64_t M : {1, 9, 16, 17, 31, 33, 40, 41, 48, 49, 64, 65, 100}) {
         check_case({M, N, K, 4, 64, Dtype::float16, Dtype::float16, true, kernel}, rng);
         check_case({M, N, K, 3, 32, Dtype::bfloat16, Dtype::bfloat16, true, kernel}, rng);
       }
@@ -216,7 +216,7 @@ TEST(CudaMatmul, AwkwardMAroundTokenTiles) {
   std::mt19937 rng(11);
   std::vector<std::int64_t> ms;
   for (std::int64_t m = 1; m <= 17; ++m) ms.push_back(m);
-  for (std::int64_t m : {31, 32, 33, 63, 64, 65, 127, 128, 129}) ms.push_back(m);
+  for (std::int64_t m : {31, 32, 33, 40, 41, 48, 49, 63, 64, 65, 127, 128, 129}) ms.push_back(m);
   for (std::int64_t M : ms) check_case({M, 264, 640, 4, 64, Dtype::float16, Dtype::float16, true, ""}, rng);
 }
 

@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "src/cuda/check.h"
 #include "src/cuda/cp_async.cuh"
@@ -259,12 +260,35 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
     std::uint32_t a[2][8][4];
     mma::segment_fragments<T, Bits>(a, current);
     wg::fence();
+    const auto issue = [&](auto live) {
+      constexpr int kLive = decltype(live)::value;
 #pragma unroll
-    for (int step = 0; step < 8; ++step) {
-      const std::uint64_t desc =
-          wg::advance(descriptor, buffer * kStageBytes + step * wg::XStage<kTokens>::kStepBytes);
+      for (int step = 0; step < 8; ++step) {
+        const std::uint64_t desc =
+            wg::advance(descriptor, buffer * kStageBytes + step * wg::XStage<kTokens>::kStepBytes);
 #pragma unroll
-      for (int tile = 0; tile < 2; ++tile) wg::mma_async<T, TokenTiles>(acc[tile], a[tile][step], desc);
+        for (int tile = 0; tile < 2; ++tile) {
+          if constexpr (kLive == TokenTiles) {
+            wg::mma_async<T, TokenTiles>(acc[tile], a[tile][step], desc);
+          } else {
+            wg::mma_async_live<T, kLive>(acc[tile], a[tile][step], desc);
+          }
+        }
+      }
+    };
+    // A 64-token pass with at most 40 or 48 tokens multiplies only the live token tiles (the
+    // partials of the others stay zero and their outputs are never stored): measured 2-4 % faster
+    // at M = 33..48 on the three large Qwen2.5-14B shapes on the H100 (bench/NOTES.md v13 item 6).
+    if constexpr (TokenTiles == 8) {
+      if (p.M <= 40) {
+        issue(std::integral_constant<int, 5>{});
+      } else if (p.M <= 48) {
+        issue(std::integral_constant<int, 6>{});
+      } else {
+        issue(std::integral_constant<int, 8>{});
+      }
+    } else {
+      issue(std::integral_constant<int, TokenTiles>{});
     }
     wg::commit();
     if (seg + 1 < s1) stager.store(stages + (buffer ^ 1) * kStageBytes);

@@ -211,6 +211,34 @@ __device__ __forceinline__ void pin(float (&acc)[TokenTiles][4]) {
                  QMM_WGMMA_ACC4(4), QMM_WGMMA_ACC4(5), QMM_WGMMA_ACC4(6), QMM_WGMMA_ACC4(7)                   \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 
+#define QMM_WGMMA_N40(TYPE)                                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %25, 0;\n"                                                   \
+               "wgmma.mma_async.sync.aligned.m64n40k16.f32." TYPE "." TYPE                                    \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19},"   \
+               " {%20, %21, %22, %23}, %24, p, 1, 1, 0;\n}\n"                                                 \
+               : QMM_WGMMA_ACC4(0), QMM_WGMMA_ACC4(1), QMM_WGMMA_ACC4(2), QMM_WGMMA_ACC4(3), QMM_WGMMA_ACC4(4) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+#define QMM_WGMMA_N48(TYPE)                                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"                                                   \
+               "wgmma.mma_async.sync.aligned.m64n48k16.f32." TYPE "." TYPE                                    \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19,"    \
+               " %20, %21, %22, %23}, {%24, %25, %26, %27}, %28, p, 1, 1, 0;\n}\n"                            \
+               : QMM_WGMMA_ACC4(0), QMM_WGMMA_ACC4(1), QMM_WGMMA_ACC4(2), QMM_WGMMA_ACC4(3),                  \
+                 QMM_WGMMA_ACC4(4), QMM_WGMMA_ACC4(5)                                                         \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+
+/// The 64-token pass with only the first Live token tiles multiplied (Live = 5 or 6: n40, n48).
+template <typename T, int Live>
+__device__ __forceinline__ void mma_async_live(float (&acc)[8][4], const std::uint32_t (&a)[4], std::uint64_t desc) {
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  if constexpr (Live == 5) {
+    if constexpr (kHalf) QMM_WGMMA_N40("f16"); else QMM_WGMMA_N40("bf16");
+  } else {
+    static_assert(Live == 6, "live token tiles 5 or 6");
+    if constexpr (kHalf) QMM_WGMMA_N48("f16"); else QMM_WGMMA_N48("bf16");
+  }
+}
+
 template <typename T, int TokenTiles>
 __device__ __forceinline__ void mma_async(float (&acc)[TokenTiles][4], const std::uint32_t (&a)[4],
                                           std::uint64_t desc) {
@@ -227,6 +255,8 @@ __device__ __forceinline__ void mma_async(float (&acc)[TokenTiles][4], const std
   }
 }
 
+#undef QMM_WGMMA_N48
+#undef QMM_WGMMA_N40
 #undef QMM_WGMMA_N64
 #undef QMM_WGMMA_N32
 #undef QMM_WGMMA_N16
