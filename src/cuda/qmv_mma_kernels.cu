@@ -224,12 +224,11 @@ constexpr int wgmma_stage_bytes() {
   return 2 * qmm::cuda::wgmma::XStage<8 * TokenTiles>::kBytes;
 }
 
-/// Segments [s0, s1) with the MMAs on wgmma (sm_90a): per segment, the A fragments of all eight
-/// steps are dequantized, sixteen asynchronous wgmmas (the block's two 64-row halves x eight
-/// steps) multiply them by the segment's x in shared memory, and meanwhile the block stores the
-/// next segment's x into the other buffer. The next segment's x and weights (in that order) are
-/// loaded into registers before this one is dequantized (the one-buffer register pipeline), so
-/// their latency hides behind the dequantization and the wgmmas.
+/// Segments [s0, s1) with the MMAs on wgmma (sm_90a): per segment, the block stores the segment's
+/// x (loaded into registers an iteration earlier) into one of two shared-memory stages, issues
+/// the next segment's x and weight loads, dequantizes the A fragments of all eight steps, and
+/// sixteen asynchronous wgmmas (the block's two 64-row halves x eight steps) multiply them by the
+/// stage. The next segment's loads are in flight during the dequantization and the wgmmas.
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
@@ -240,32 +239,32 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   constexpr int kStageBytes = wg::XStage<kTokens>::kBytes;
   const std::uint64_t descriptor = wg::x_descriptor<kTokens>(qmm::cuda::shared_address(stages));
   wg::XStager<T, kTokens> stager(p);
-  SegmentLoad<T, Bits> current;
-  // x before the weights, here and in the loop: 2-9 % faster at M = 32..64 on the H100 (-4.5..+0.7 %
-  // at M = 17), and the run's first store waited less for x (9.6 -> 6.1 % of the stall samples;
-  // bench/NOTES.md v13).
-  stager.load_segment(s0, p.K);
-  load_segment<T, Bits>(current, p, wrow, srow, brow, s0, c);
-  stager.store(stages);
-  wg::fence_async_shared();
-  __syncthreads();
-  for (int seg = s0; seg < s1; ++seg) {
-    const int buffer = (seg - s0) & 1;
-    SegmentLoad<T, Bits> next;
-    // The next segment's x and weights are in flight while this one is dequantized and multiplied.
+  // One segment: its x and weights were loaded an iteration ago (or before the loop). The store
+  // waits for them; only then are the next segment's loads issued, so no wait in this iteration
+  // is on a load issued in it: ptxas tracks all of these loads on one scoreboard, and a wait
+  // covers every load on it (bench/NOTES.md v13). H100 (v14): 32-token passes 4-6 % faster, k/v's
+  // 64-token pass 6-8 %; q/o's 64-token pass 7 % slower at M = 64 (the older order's x store
+  // overlapped the wgmmas), the large shapes' within 1 %.
+  const auto segment = [&](auto stage_index, SegmentLoad<T, Bits>& current, SegmentLoad<T, Bits>& next, int seg) {
+    constexpr int kStage = decltype(stage_index)::value;
+    stager.store(stages + kStage * kStageBytes);
     if (seg + 1 < s1) {
       stager.load_segment(seg + 1, p.K);
       load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
     }
     std::uint32_t a[2][8][4];
     mma::segment_fragments<T, Bits>(a, current);
+    // Every warp's part of this stage is visible to the wgmmas; the other stage, which the next
+    // segment writes, was last read by wgmmas every warp has waited for.
+    wg::fence_async_shared();
+    __syncthreads();
     wg::fence();
     const auto issue = [&](auto live) {
       constexpr int kLive = decltype(live)::value;
 #pragma unroll
       for (int step = 0; step < 8; ++step) {
         const std::uint64_t desc =
-            wg::advance(descriptor, buffer * kStageBytes + step * wg::XStage<kTokens>::kStepBytes);
+            wg::advance(descriptor, kStage * kStageBytes + step * wg::XStage<kTokens>::kStepBytes);
 #pragma unroll
         for (int tile = 0; tile < 2; ++tile) {
           if constexpr (kLive == TokenTiles) {
@@ -291,15 +290,23 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
       issue(std::integral_constant<int, TokenTiles>{});
     }
     wg::commit();
-    if (seg + 1 < s1) stager.store(stages + (buffer ^ 1) * kStageBytes);
     wg::wait_all();
     wg::pin(acc[0]);
     wg::pin(acc[1]);
-    // The next segment's x is now visible to every warp's wgmmas, and no wgmma reads this buffer.
-    wg::fence_async_shared();
-    __syncthreads();
-    if (seg + 1 < s1) current = next;
+  };
+  // Two register buffers that trade places, so the next segment's registers are never copied
+  // (a conditional copy was scheduled into the dequantization and waited for the loads there).
+  SegmentLoad<T, Bits> A, B;
+  stager.load_segment(s0, p.K);
+  load_segment<T, Bits>(A, p, wrow, srow, brow, s0, c);
+  for (int seg = s0;;) {
+    segment(std::integral_constant<int, 0>{}, A, B, seg);
+    if (++seg >= s1) break;
+    segment(std::integral_constant<int, 1>{}, B, A, seg);
+    if (++seg >= s1) break;
   }
+  // The cluster kernel writes its partials over the stages next.
+  __syncthreads();
 #else
   __trap();  // wgmma is sm_90a code: dispatch and forced() send only compute capability 9.0 here
 #endif
