@@ -145,15 +145,16 @@ __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], 
   }
 }
 
-/// Segments [s0, s1) of a one-token-tile pass (M <= 8): run_two_buffers' two buffers, each
+/// Segments [s0, s1) of an 8- or 16-token pass (M <= 16): run_two_buffers' two buffers, each
 /// segment's x loaded with its weights, a whole pair of segments per iteration (no branch between
 /// a buffer's loads and its use), and each buffer's loads issued only after the other buffer's
 /// data has arrived (arrival_dependency). Why: ptxas tracks the loads on one scoreboard, and a
 /// wait covers every load on it; in run_two_buffers at one token tile segment A's x and segment
-/// B's weights shared one, so A's MMAs waited for B's weights (bench/NOTES.md v13 item 7). Same
-/// MMAs in the same order, so the same bits as run_two_buffers and run_one_buffer.
-template <typename T, int Bits>
-__device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][1][4], const MmaParams& p,
+/// B's weights shared one, so A's MMAs waited for B's weights (bench/NOTES.md v13 item 7). H100:
+/// 1-10 % faster at M <= 8, 5-14 % at M = 9..16 (v14). Same MMAs in the same order, so the same
+/// bits as run_two_buffers and run_one_buffer.
+template <typename T, int Bits, int TokenTiles>
+__device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                   const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                                   const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
   const int whole_end = min(s1, p.K / kMmaSegment);
@@ -163,26 +164,26 @@ __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][1][4], const M
 #pragma unroll
   for (int i = 0; i < 4; ++i) w[i] = wrow[i] + static_cast<std::int64_t>(s0 * 4 + c) * Bits;
   int g = (s0 * kMmaSegment + 32 * c) >> p.group_shift;
-  const mma::TokenCursor<T, 1> xs(p, s0, c, row_in_8);
+  const mma::TokenCursor<T, TokenTiles> xs(p, s0, c, row_in_8);
   int seg = s0;
   if (seg < whole_end) {
     SegmentLoad<T, Bits> A, B;
-    mma::SegmentX<1> XA, XB;
+    mma::SegmentX<TokenTiles> XA, XB;
     load_whole_segment<T, Bits>(A, w, 0, srow, brow, g);
-    mma::load_segment_x<T, 1>(XA, xs, 0);
+    mma::load_segment_x<T, TokenTiles>(XA, xs, 0);
     int x_offset = 0;
     for (int pairs = (whole_end - seg) / 2; pairs > 0; --pairs) {
-      int d = mma::arrival_dependency<T, Bits, 1>(A, XA, p.zero);
+      int d = mma::arrival_dependency<T, Bits, TokenTiles>(A, XA, p.zero);
       load_whole_segment<T, Bits>(B, w, kSegmentWords + d, srow, brow, g + group_step + d);
-      mma::load_segment_x<T, 1>(XB, xs, x_offset + kMmaSegment + d);
-      mma::compute_whole_segment<T, Bits, 1>(acc, A, XA);
+      mma::load_segment_x<T, TokenTiles>(XB, xs, x_offset + kMmaSegment + d);
+      mma::compute_whole_segment<T, Bits, TokenTiles>(acc, A, XA);
       // The next pair's first segment, or, after the last pair of an even count, B's again (from
       // L1; unused), so that the loads need no branch.
       const int ahead = min(seg + 2, whole_end - 1) - seg;
-      d = mma::arrival_dependency<T, Bits, 1>(B, XB, p.zero);
+      d = mma::arrival_dependency<T, Bits, TokenTiles>(B, XB, p.zero);
       load_whole_segment<T, Bits>(A, w, ahead * kSegmentWords + d, srow, brow, g + ahead * group_step + d);
-      mma::load_segment_x<T, 1>(XA, xs, x_offset + ahead * kMmaSegment + d);
-      mma::compute_whole_segment<T, Bits, 1>(acc, B, XB);
+      mma::load_segment_x<T, TokenTiles>(XA, xs, x_offset + ahead * kMmaSegment + d);
+      mma::compute_whole_segment<T, Bits, TokenTiles>(acc, B, XB);
       seg += 2;
       g += 2 * group_step;
       x_offset += 2 * kMmaSegment;
@@ -190,14 +191,14 @@ __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][1][4], const M
       for (int i = 0; i < 4; ++i) w[i] += 2 * kSegmentWords;
     }
     if (seg < whole_end) {
-      mma::compute_whole_segment<T, Bits, 1>(acc, A, XA);
+      mma::compute_whole_segment<T, Bits, TokenTiles>(acc, A, XA);
       seg += 1;
     }
   }
   if (seg < s1) {
     SegmentLoad<T, Bits> L;
     load_segment<T, Bits>(L, p, wrow, srow, brow, seg, c);
-    compute_segment<T, Bits, 1>(acc, L, p, seg, c, row_in_8);
+    compute_segment<T, Bits, TokenTiles>(acc, L, p, seg, c, row_in_8);
   }
 }
 
@@ -336,8 +337,8 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
   }
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
-  } else if constexpr (TokenTiles == 1 && two_buffer_loop(TokenTiles, Bits)) {
-    run_pairs_x_ahead<T, Bits>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+  } else if constexpr (TokenTiles <= 2 && two_buffer_loop(TokenTiles, Bits)) {
+    run_pairs_x_ahead<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else if constexpr (two_buffer_loop(TokenTiles, Bits)) {
     run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else {
