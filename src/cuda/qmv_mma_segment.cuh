@@ -180,8 +180,8 @@ __device__ __forceinline__ void compute_whole_segment(float (&acc)[2][TokenTiles
   mma_segment<T, Bits, TokenTiles>(acc, L, [&](int t, int pair) { return X.v[t][pair]; });
 }
 
-/// `zero` (a run-time 0) made data-dependent on the last word of each of a segment's loads
-/// (weights, scale, x), so loads addressed with it issue only after that segment has arrived.
+/// `zero` (a run-time 0) made data-dependent on the last word of a segment's weight, bias and x
+/// loads, so loads addressed with it issue only after that segment has arrived.
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ int arrival_dependency(const SegmentLoad<T, Bits>& L, const SegmentX<TokenTiles>& X,
                                                   int zero) {

@@ -45,8 +45,9 @@ struct Params {
   int blocks;
   int* counters;    // one per row block, zero between calls
   float* partials;  // [blocks][2][fragment]: per (tile, t) one float4 acc[tile][t][0..3] per thread
-  /// Always 0, but unknown to the compiler: qmv_mma's two-buffer loop adds (data & zero) to the
-  /// next segment's load addresses so those loads issue only after this segment's data arrived.
+  /// Always 0, but unknown to the compiler: qmv_mma's 8- and 16-token loop (run_pairs_x_ahead)
+  /// adds (data & zero) to one buffer's load addresses so those loads issue only after the other
+  /// buffer's data has arrived.
   int zero;
 };
 
