@@ -58,7 +58,8 @@ __device__ __forceinline__ std::uint64_t advance(std::uint64_t descriptor, int b
 
 /// Stages x for one run of segments, in two halves: load_segment brings a segment into registers
 /// and store writes it into a stage, so run_wgmma loads the next segment's x together with its
-/// weights, before the current segment is dequantized, and stores it after the wgmmas are issued.
+/// weights, before the current segment is dequantized, and stores it at the start of the next
+/// segment's iteration.
 /// A thread's work per segment is whole items: item (token n, step pair p) is the 4 x 8 values
 /// x[n][k0 + 32 c + 8 p ..] of chunks c = 0..3, which fill exactly the four 16-byte core-matrix
 /// rows of token n in steps 2p and 2p + 1 (low and high k slots), so a thread loads 4 x 16 bytes
