@@ -13,7 +13,8 @@
 //   shared memory. Dispatch picks it where the stream-K fixup would cost more
 //   (cuda_dispatch::cluster_size).
 // A block's run of segments streams through registers: the next segment's loads are in flight
-// while the current one computes (run_two_buffers / run_one_buffer below).
+// while the current one computes (run_pairs_x_ahead / run_two_buffers / run_one_buffer below,
+// chosen by run_loop).
 // The MMAs are mma.sync per warp, or, for 32- and 64-token passes on compute capability 9.0 with
 // sm_90a code, warpgroup wgmma with x staged in shared memory (run_wgmma, wgmma.cuh;
 // cuda_dispatch::wgmma_pays).
@@ -89,14 +90,22 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   }
 }
 
-/// Which run loop a kernel takes: the two-buffer loop where its registers fit (1 token tile up to
-/// 6 bits, 2 and 4 token tiles up to 4 bits; ptxas reports at most 8 bytes of spill), the
-/// one-buffer loop otherwise (8-bit weights and 8 token tiles spill in it).
-/// Measured on the H100 against the one-buffer loop (bench/NOTES.md v9): 4-9 % faster at M <= 8
-/// and 2-7 % at M = 9..16 on 5120 -> 5120 / 13824 and 13824 -> 5120, 1-1.5 % at M = 32 on the
-/// two large ones; 1-3 % slower at M = 9..16 on 5120 -> 1024.
-constexpr bool two_buffer_loop(int token_tiles, int bits) {
-  return (token_tiles == 1 && bits <= 6) || (token_tiles == 2 && bits <= 4) || (token_tiles == 4 && bits <= 4);
+/// The mma.sync run loops (the wgmma path has its own, run_wgmma).
+enum class RunLoop { pairs_x_ahead, two_buffers, one_buffer };
+
+/// Which run loop a kernel takes: two register buffers where their registers fit (1 token tile up
+/// to 6 bits, 2 and 4 token tiles up to 4 bits; ptxas reports at most 16 bytes of spill), the
+/// one-buffer loop otherwise (8-bit weights and 8 token tiles spill in it). With two buffers, 8-
+/// and 16-token passes also hold each segment's x (pairs_x_ahead); at 32 tokens those registers
+/// do not fit (two_buffers).
+/// Measured on the H100: two buffers against one (bench/NOTES.md v9) 4-9 % faster at M <= 8 and
+/// 2-7 % at M = 9..16 on 5120 -> 5120 / 13824 and 13824 -> 5120, 1-1.5 % at M = 32 on the two
+/// large ones, 1-3 % slower at M = 9..16 on 5120 -> 1024; pairs_x_ahead against two_buffers (v14)
+/// 1-10 % faster at M <= 8 and 5-14 % at M = 9..16 on all four shapes.
+constexpr RunLoop run_loop(int token_tiles, int bits) {
+  if ((token_tiles == 1 && bits <= 6) || (token_tiles == 2 && bits <= 4)) return RunLoop::pairs_x_ahead;
+  if (token_tiles == 4 && bits <= 4) return RunLoop::two_buffers;
+  return RunLoop::one_buffer;
 }
 
 /// Segments [s0, s1) of a row block, two per iteration with two register buffers that trade
@@ -337,9 +346,9 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
   }
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
-  } else if constexpr (TokenTiles <= 2 && two_buffer_loop(TokenTiles, Bits)) {
+  } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
     run_pairs_x_ahead<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
-  } else if constexpr (two_buffer_loop(TokenTiles, Bits)) {
+  } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::two_buffers) {
     run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else {
     run_one_buffer<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);

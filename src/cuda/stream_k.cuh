@@ -247,7 +247,6 @@ inline Params make_params(const detail::MatmulProblem& p, int blocks) {
   q.row_blocks = static_cast<int>((p.N + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
   q.segments = static_cast<int>((p.K + kMmaSegment - 1) / kMmaSegment);
   q.blocks = blocks;
-  q.zero = 0;  // Params::zero
   return q;
 }
 
