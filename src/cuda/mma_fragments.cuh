@@ -99,22 +99,43 @@ __device__ __forceinline__ std::uint32_t bit_select(std::uint32_t a, std::uint32
   return d;
 }
 
-/// The pair (value 8p+j, value 8p+j+4) as two 16-bit integers in one word (low, high), each
-/// OR-ed with `magic` (the exponent bits that make it an exact 16-bit float, see dequant_pair).
-/// Values are packed LSB first (value i at bit i*Bits of the chunk's 32*Bits bits, MLX's order);
-/// p and j are compile-time constants after unrolling, so each width is a few shifts, byte
-/// permutes and LOP3s per pair, with the work that depends on p only shared by its four j.
-template <int Bits>
-__device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p, int j, std::uint32_t magic) {
+/// A value pair as value_pair leaves it: two integers q < 2^Bits, each `shift` bits up in its
+/// 16-bit half, with pair_magic OR-ed in. shift is a compile-time constant after unrolling.
+struct ValuePair {
+  std::uint32_t halves;
+  int shift;
+};
+
+/// Masks the pair whose values lie `offset` bits up in each half of `spread` and ORs in `magic`.
+/// Where the value still fits below the exponent bits of the 16-bit type (MantissaBits: 10 for
+/// fp16, 7 for bf16) it stays in place and dequant_pair scales it down exactly; otherwise it is
+/// shifted to bit 0 first. Leaving it in place saves the shift: one LOP3 instead of a shift and
+/// a LOP3 for most pairs of 2-, 3- and 4-bit weights.
+template <int Bits, int MantissaBits>
+__device__ __forceinline__ ValuePair positioned_pair(std::uint32_t spread, int offset, std::uint32_t magic) {
+  constexpr std::uint32_t kMask = ((1u << Bits) - 1u) * 0x00010001u;
+  if (offset + Bits <= MantissaBits) return {and_or(spread, kMask << offset, magic), offset};
+  return {and_or(spread >> offset, kMask, magic), 0};
+}
+
+/// The pair (value 8p+j, value 8p+j+4) of a chunk, low and high half. Values are packed LSB
+/// first (value i at bit i*Bits of the chunk's 32*Bits bits, MLX's order); p and j are
+/// compile-time constants after unrolling, so each width is a few shifts, byte permutes and
+/// LOP3s per pair, with the work that depends on p only shared by its four j. MantissaBits is
+/// that of the 16-bit type the pair becomes (positioned_pair).
+template <int Bits, int MantissaBits>
+__device__ __forceinline__ ValuePair value_pair(const Chunk<Bits>& c, int p, int j, std::uint32_t magic) {
   if constexpr (Bits == 4) {
-    // Nibbles j and j+4 of word p are already in place: one shift, one LOP3.
-    return and_or(c.w[p] >> (4 * j), 0x000F000Fu, magic);
+    // Nibbles j and j+4 of word p are already in the two halves, 4j bits up; j = 2, 3 share
+    // one shift of the word.
+    return j < 2 ? positioned_pair<4, MantissaBits>(c.w[p], 4 * j, magic)
+                 : positioned_pair<4, MantissaBits>(c.w[p] >> 8, 4 * (j - 2), magic);
   } else if constexpr (Bits == 2) {
     // Pair p is 16 bits of word p/2: one byte permute puts values 0-3 in byte 0 and values 4-7
     // in byte 2 (bytes 1 and 3 zero), after which value j and j+4 are 2j bits up in each half.
     // The permute depends on p only, so the four j of a pair share it.
     const std::uint32_t spread = __byte_perm(c.w[p >> 1], 0u, (p & 1) ? 0x4342u : 0x4140u);
-    return and_or(spread >> (2 * j), 0x00030003u, magic);
+    return positioned_pair<2, MantissaBits>(spread, 2 * j, magic);
   } else if constexpr (Bits == 3) {
     // Pair p is the 24 bits at bit 24p of the chunk's 96: one funnel shift brings them to bit 0,
     // one shift and one LOP3 move values 4-7 (bits 12-23) to bits 16-27, after which value j
@@ -124,7 +145,7 @@ __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p,
                             : p == 2 ? __funnelshift_r(c.w[1], c.w[2], 16)
                                      : c.w[2] >> 8;
     const std::uint32_t spread = bit_select(u, u << 4, 0xFFFF0000u);
-    return and_or(spread >> (3 * j), 0x00070007u, magic);
+    return positioned_pair<3, MantissaBits>(spread, 3 * j, magic);
   } else if constexpr (Bits == 5) {
     // Pair p is 40 bits at bit 40p: values 0-3 in the low 20 (lo), values 4-7 in the next 20
     // (hi), value k of each at bit 5k. One LOP3 puts lo's low 16 bits and hi's in the two halves
@@ -137,9 +158,8 @@ __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p,
                              : p == 1 ? __funnelshift_r(c.w[1], c.w[2], 28)
                              : p == 2 ? c.w[3] >> 4
                                       : c.w[4] >> 12;
-    const std::uint32_t spread = j < 3 ? bit_select(lo, hi << 16, 0xFFFF0000u) >> (5 * j)
-                                       : bit_select(lo >> 15, hi << 1, 0xFFFF0000u);
-    return and_or(spread, 0x001F001Fu, magic);
+    return j < 3 ? positioned_pair<5, MantissaBits>(bit_select(lo, hi << 16, 0xFFFF0000u), 5 * j, magic)
+                 : positioned_pair<5, MantissaBits>(bit_select(lo >> 15, hi << 1, 0xFFFF0000u), 0, magic);
   } else if constexpr (Bits == 6) {
     // Pair p is 48 bits at bit 48p: values 0-3 in the low 24 (lo), values 4-7 in the next 24
     // (hi), value k of each at bit 6k. One LOP3 puts the low 16 bits of lo and hi in the two
@@ -147,15 +167,14 @@ __device__ __forceinline__ std::uint32_t value_pair(const Chunk<Bits>& c, int p,
     const int w0 = 3 * (p >> 1);
     const std::uint32_t lo = (p & 1) == 0 ? c.w[w0] : __funnelshift_r(c.w[w0 + 1], c.w[w0 + 2], 16);
     const std::uint32_t hi = (p & 1) == 0 ? __funnelshift_r(c.w[w0], c.w[w0 + 1], 24) : c.w[w0 + 2] >> 8;
-    const std::uint32_t spread = j < 2 ? bit_select(lo, hi << 16, 0xFFFF0000u) >> (6 * j)
-                                       : bit_select(lo >> 12, hi << 4, 0xFFFF0000u) >> (6 * (j - 2));
-    return and_or(spread, 0x003F003Fu, magic);
+    return j < 2 ? positioned_pair<6, MantissaBits>(bit_select(lo, hi << 16, 0xFFFF0000u), 6 * j, magic)
+                 : positioned_pair<6, MantissaBits>(bit_select(lo >> 12, hi << 4, 0xFFFF0000u), 6 * (j - 2), magic);
   } else {
     static_assert(Bits == 8, "bits 2, 3, 4, 5, 6 and 8 are the MLX widths");
     // Value 8p+j is byte j of word 2p and value 8p+j+4 byte j of word 2p+1: one byte permute
     // puts them in bytes 0 and 2, one LOP3 clears bytes 1 and 3 and adds the magic.
     const std::uint32_t sel = static_cast<std::uint32_t>(j) * 0x0011u + static_cast<std::uint32_t>(4 + j) * 0x1100u;
-    return and_or(__byte_perm(c.w[2 * p], c.w[2 * p + 1], sel), 0x00FF00FFu, magic);
+    return {and_or(__byte_perm(c.w[2 * p], c.w[2 * p + 1], sel), 0x00FF00FFu, magic), 0};
   }
 }
 
@@ -168,6 +187,8 @@ struct Types<__half> {
   /// Exponent of 1024: 1024 + v is exact in fp16 for v < 1024.
   static constexpr std::uint32_t kMagic = 0x64006400u;
   static constexpr bool kMagicCoversByte = true;
+  static constexpr int kMantissaBits = 10;
+  static constexpr int kExponentBias = 15;
 };
 
 template <>
@@ -176,6 +197,8 @@ struct Types<__nv_bfloat16> {
   /// Exponent of 128: 128 + v is exact in bf16 for v < 128 (not for 8-bit values).
   static constexpr std::uint32_t kMagic = 0x43004300u;
   static constexpr bool kMagicCoversByte = false;
+  static constexpr int kMantissaBits = 7;
+  static constexpr int kExponentBias = 127;
 };
 
 template <typename T2>
@@ -193,17 +216,32 @@ constexpr std::uint32_t pair_magic() {
   return (Bits == 8 && !Types<T>::kMagicCoversByte) ? 0u : Types<T>::kMagic;
 }
 
-/// A value pair from value_pair (two integers < 2^Bits, with pair_magic OR-ed in) to two exact
-/// 16-bit floats, then w = s*q + b with one rounding.
+/// The bits of (2^e, 2^e) in T2.
+template <typename T>
+__device__ __forceinline__ constexpr std::uint32_t power_of_two_pair(int e) {
+  return (static_cast<std::uint32_t>(Types<T>::kExponentBias + e) << Types<T>::kMantissaBits) * 0x00010001u;
+}
+
+/// A value pair from value_pair to two exact 16-bit floats q, then w = s*q + b with one
+/// rounding. With the magic exponent E (1024 or 128) a half reads E + 2^shift q, so
+/// q = (E + 2^shift q) 2^-shift - E 2^-shift exactly (one fused multiply-add; a subtraction
+/// where shift = 0).
 template <typename T, int Bits>
-__device__ __forceinline__ std::uint32_t dequant_pair(std::uint32_t pair, typename Types<T>::T2 s2,
+__device__ __forceinline__ std::uint32_t dequant_pair(ValuePair pair, typename Types<T>::T2 s2,
                                                       typename Types<T>::T2 b2) {
   using T2 = typename Types<T>::T2;
   T2 q;
   if constexpr (pair_magic<T, Bits>() == 0u) {
-    q = __floats2bfloat162_rn(static_cast<float>(pair & 0xFFFFu), static_cast<float>(pair >> 16));
+    q = __floats2bfloat162_rn(static_cast<float>(pair.halves & 0xFFFFu), static_cast<float>(pair.halves >> 16));
   } else {
-    q = __hsub2(as_t2<T2>(pair), as_t2<T2>(pair_magic<T, Bits>()));
+    if (pair.shift == 0) {
+      q = __hsub2(as_t2<T2>(pair.halves), as_t2<T2>(pair_magic<T, Bits>()));
+    } else {
+      // 2^-shift and -E 2^-shift (E = 2^kMantissaBits), both halves.
+      const std::uint32_t down = power_of_two_pair<T>(-pair.shift);
+      const std::uint32_t minus_offset = 0x80008000u | power_of_two_pair<T>(Types<T>::kMantissaBits - pair.shift);
+      q = __hfma2(as_t2<T2>(pair.halves), as_t2<T2>(down), as_t2<T2>(minus_offset));
+    }
   }
   return as_u32(__hfma2(q, s2, b2));
 }

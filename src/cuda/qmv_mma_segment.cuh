@@ -35,10 +35,14 @@ __device__ __forceinline__ void weight_fragment(std::uint32_t (&a)[4], const Seg
                                                 const typename Types<T>::T2 (&b2)[4], std::uint32_t magic, int pair,
                                                 int step, int tile) {
   const int r0 = 2 * tile, r8 = 2 * tile + 1;
-  a[0] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step, magic), s2[r0], b2[r0]);
-  a[1] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step, magic), s2[r8], b2[r8]);
-  a[2] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r0], pair, 2 * step + 1, magic), s2[r0], b2[r0]);
-  a[3] = dequant_pair<T, Bits>(value_pair<Bits>(L.chunk[r8], pair, 2 * step + 1, magic), s2[r8], b2[r8]);
+  const auto dequant = [&](int row, int j) {
+    return dequant_pair<T, Bits>(value_pair<Bits, Types<T>::kMantissaBits>(L.chunk[row], pair, j, magic), s2[row],
+                                 b2[row]);
+  };
+  a[0] = dequant(r0, 2 * step);
+  a[1] = dequant(r8, 2 * step);
+  a[2] = dequant(r0, 2 * step + 1);
+  a[3] = dequant(r8, 2 * step + 1);
 }
 
 /// The (s, s) and (b, b) pairs of a thread's four rows, which every weight_fragment of the
