@@ -29,24 +29,42 @@ struct Chunk {
   std::uint32_t w[Bits];
 };
 
-/// Loads of 1, 2 or 4 consecutive words through the non-coherent path with the L2::256B hint:
-/// the L2 fetches the 256-byte block around the request, i.e. the row's next segments, with the
-/// first one (measured on H100: -7 % on the large shapes, bench/NOTES.md v8).
-__device__ __forceinline__ std::uint32_t load_word_l2_256(const std::uint32_t* p) {
+/// Loads of 1, 2 or 4 consecutive words through the non-coherent path, by default with the
+/// L2::256B hint: the L2 fetches the 256-byte block around the request, i.e. the row's next
+/// segments, with the first one (measured on H100: -7 % on the large shapes, bench/NOTES.md v8).
+/// Hint = false: the plain load (qmv_mma_kernels.cu run_pairs_x_ahead's first segment).
+template <bool Hint = true>
+__device__ __forceinline__ std::uint32_t load_word(const std::uint32_t* p) {
   std::uint32_t v;
-  asm volatile("ld.global.nc.L2::256B.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  if constexpr (Hint) {
+    asm volatile("ld.global.nc.L2::256B.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  } else {
+    asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  }
   return v;
 }
-__device__ __forceinline__ uint2 load_pair_l2_256(const std::uint32_t* p) {
+template <bool Hint = true>
+__device__ __forceinline__ uint2 load_pair(const std::uint32_t* p) {
   uint2 v;
-  asm volatile("ld.global.nc.L2::256B.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  if constexpr (Hint) {
+    asm volatile("ld.global.nc.L2::256B.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  } else {
+    asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  }
   return v;
 }
-__device__ __forceinline__ uint4 load_quad_l2_256(const std::uint32_t* p) {
+template <bool Hint = true>
+__device__ __forceinline__ uint4 load_quad(const std::uint32_t* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  if constexpr (Hint) {
+    asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  } else {
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  }
   return v;
 }
 
@@ -60,27 +78,28 @@ __device__ __forceinline__ uint4 load_x_quad(const void* p) {
 }
 
 /// Loads a chunk with the widest aligned vector loads its size allows (the row and chunk
-/// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base).
-template <int Bits>
+/// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base); Hint as
+/// in load_word.
+template <int Bits, bool Hint = true>
 __device__ __forceinline__ Chunk<Bits> load_chunk(const std::uint32_t* p) {
   Chunk<Bits> c;
   if constexpr (Bits == 4) {
-    const uint4 v = load_quad_l2_256(p);
+    const uint4 v = load_quad<Hint>(p);
     c.w[0] = v.x, c.w[1] = v.y, c.w[2] = v.z, c.w[3] = v.w;
   } else if constexpr (Bits == 8) {
-    const uint4 v0 = load_quad_l2_256(p);
-    const uint4 v1 = load_quad_l2_256(p + 4);
+    const uint4 v0 = load_quad<Hint>(p);
+    const uint4 v1 = load_quad<Hint>(p + 4);
     c.w[0] = v0.x, c.w[1] = v0.y, c.w[2] = v0.z, c.w[3] = v0.w;
     c.w[4] = v1.x, c.w[5] = v1.y, c.w[6] = v1.z, c.w[7] = v1.w;
   } else if constexpr (Bits == 2 || Bits == 6) {
 #pragma unroll
     for (int i = 0; i < Bits / 2; ++i) {
-      const uint2 v = load_pair_l2_256(p + 2 * i);
+      const uint2 v = load_pair<Hint>(p + 2 * i);
       c.w[2 * i] = v.x, c.w[2 * i + 1] = v.y;
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < Bits; ++i) c.w[i] = load_word_l2_256(p + i);
+    for (int i = 0; i < Bits; ++i) c.w[i] = load_word<Hint>(p + i);
   }
   return c;
 }

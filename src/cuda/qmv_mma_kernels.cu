@@ -56,14 +56,14 @@ using mma::SegmentLoad;
 using mma::compute_segment;
 
 /// Loads a whole segment (no K tail): chunks `offset` words past the row pointers w, scales and
-/// biases of group g.
-template <typename T, int Bits>
+/// biases of group g; Hint: the L2::256B hint on the chunk loads (mma_fragments.cuh load_word).
+template <typename T, int Bits, bool Hint = true>
 __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, const std::uint32_t* const (&w)[4],
                                                    std::int64_t offset, const T* const (&srow)[4],
                                                    const T* const (&brow)[4], int g) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    L.chunk[i] = mma::load_chunk<Bits>(w[i] + offset);
+    L.chunk[i] = mma::load_chunk<Bits, Hint>(w[i] + offset);
     L.s[i] = srow[i][g];
     L.b[i] = brow[i][g];
   }
@@ -162,7 +162,12 @@ __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], 
 /// B's weights shared one, so A's MMAs waited for B's weights (bench/NOTES.md v13 item 7). H100:
 /// 1-10 % faster at M <= 8, 5-14 % at M = 9..16 (v14). Same MMAs in the same order, so the same
 /// bits as run_two_buffers and run_one_buffer.
-template <typename T, int Bits, int TokenTiles>
+/// FirstHint: the run's first segment is loaded with the L2::256B hint. Without it the first
+/// weights arrive sooner (a 64-byte request per row instead of 256), the rest of the block comes
+/// with the second segment. H100 (bench/NOTES.md v15), without it: the cluster split 1-7 % faster
+/// on 5120 -> 5120 and 0.5-3.4 % slower on 5120 -> 1024 (kept off there, the net is a gain);
+/// stream-K 2-5 % slower on the two large shapes (kept on).
+template <typename T, int Bits, int TokenTiles, bool FirstHint>
 __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                   const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                                   const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
@@ -178,7 +183,7 @@ __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4]
   if (seg < whole_end) {
     SegmentLoad<T, Bits> A, B;
     mma::SegmentX<TokenTiles> XA, XB;
-    load_whole_segment<T, Bits>(A, w, 0, srow, brow, g);
+    load_whole_segment<T, Bits, FirstHint>(A, w, 0, srow, brow, g);
     mma::load_segment_x<T, TokenTiles>(XA, xs, 0);
     int x_offset = 0;
     for (int pairs = (whole_end - seg) / 2; pairs > 0; --pairs) {
@@ -323,8 +328,9 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
 }
 
 /// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
-/// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`).
-template <typename T, int Bits, int TokenTiles, bool Wgmma>
+/// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`). Cluster: called by
+/// the cluster kernel (run_pairs_x_ahead's FirstHint is off there).
+template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
   const int lane = threadIdx.x & 31;
@@ -347,7 +353,7 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
-    run_pairs_x_ahead<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+    run_pairs_x_ahead<T, Bits, TokenTiles, !Cluster>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::two_buffers) {
     run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else {
@@ -380,7 +386,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (rank + 1) / ranks);
   float acc[2][TokenTiles][4];
   qmm::cuda::stream_k::zero(acc);
-  if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma>(acc, p, static_cast<int>(rb), s0, s1, s_shared);
+  if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma, true>(acc, p, static_cast<int>(rb), s0, s1, s_shared);
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
@@ -443,7 +449,7 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
 
     float acc[2][TokenTiles][4];
     qmm::cuda::stream_k::zero(acc);
-    run_segments<T, Bits, TokenTiles, Wgmma>(acc, p, rb, s0, s1, s_stages);
+    run_segments<T, Bits, TokenTiles, Wgmma, false>(acc, p, rb, s0, s1, s_stages);
 
     qmm::cuda::stream_k::finish_row_block<T, TokenTiles>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
     cur += s1 - s0;
