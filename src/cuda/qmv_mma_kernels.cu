@@ -69,15 +69,16 @@ __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, cons
   }
 }
 
-/// Loads segment `seg` (this thread's chunk c of it), zeros for a chunk past K.
-template <typename T, int Bits>
+/// Loads segment `seg` (this thread's chunk c of it), zeros for a chunk past K; Hint as in
+/// load_whole_segment.
+template <typename T, int Bits, bool Hint = true>
 __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
                                              const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                              const T* const (&brow)[4], int seg, int c) {
   const int k_chunk = seg * kMmaSegment + 32 * c;
   if (k_chunk < p.K) {
-    load_whole_segment<T, Bits>(L, wrow, static_cast<std::int64_t>(seg * 4 + c) * Bits, srow, brow,
-                                k_chunk >> p.group_shift);
+    load_whole_segment<T, Bits, Hint>(L, wrow, static_cast<std::int64_t>(seg * 4 + c) * Bits, srow, brow,
+                                      k_chunk >> p.group_shift);
   } else {
     // K tail: zero weights (q = 0, s = 0, b = 0) so the MMA adds exact zeros.
 #pragma unroll
@@ -244,7 +245,8 @@ constexpr int wgmma_stage_bytes() {
 /// the next segment's x and weight loads, dequantizes the A fragments of all eight steps, and
 /// sixteen asynchronous wgmmas (the block's two 64-row halves x eight steps) multiply them by the
 /// stage. The next segment's loads are in flight during the dequantization and the wgmmas.
-template <typename T, int Bits, int TokenTiles>
+/// FirstHint as in run_pairs_x_ahead.
+template <typename T, int Bits, int TokenTiles, bool FirstHint>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                           const T* const (&brow)[4], int s0, int s1, int c, unsigned char* stages) {
@@ -313,7 +315,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   // (a conditional copy was scheduled into the dequantization and waited for the loads there).
   SegmentLoad<T, Bits> A, B;
   stager.load_segment(s0, p.K);
-  load_segment<T, Bits>(A, p, wrow, srow, brow, s0, c);
+  load_segment<T, Bits, FirstHint>(A, p, wrow, srow, brow, s0, c);
   for (int seg = s0;;) {
     segment(std::integral_constant<int, 0>{}, A, B, seg);
     if (++seg >= s1) break;
@@ -329,7 +331,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
 
 /// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
 /// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`). Cluster: called by
-/// the cluster kernel (run_pairs_x_ahead's FirstHint is off there).
+/// the cluster kernel (the loops' FirstHint is off there).
 template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
@@ -351,7 +353,7 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
   if constexpr (Wgmma) {
-    run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
+    run_wgmma<T, Bits, TokenTiles, !Cluster>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
     run_pairs_x_ahead<T, Bits, TokenTiles, !Cluster>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::two_buffers) {
