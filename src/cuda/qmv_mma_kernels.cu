@@ -245,8 +245,10 @@ constexpr int wgmma_stage_bytes() {
 /// the next segment's x and weight loads, dequantizes the A fragments of all eight steps, and
 /// sixteen asynchronous wgmmas (the block's two 64-row halves x eight steps) multiply them by the
 /// stage. The next segment's loads are in flight during the dequantization and the wgmmas.
-/// FirstHint as in run_pairs_x_ahead.
-template <typename T, int Bits, int TokenTiles, bool FirstHint>
+/// The run's first segment is loaded without the L2::256B hint (see run_pairs_x_ahead's
+/// FirstHint). H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at M = 17..64,
+/// 5120 -> 13824 and 13824 -> 5120 (stream-K) 1-2 % at M = 32..64; 5120 -> 1024 within +-2 %.
+template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                           const T* const (&brow)[4], int s0, int s1, int c, unsigned char* stages) {
@@ -315,7 +317,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   // (a conditional copy was scheduled into the dequantization and waited for the loads there).
   SegmentLoad<T, Bits> A, B;
   stager.load_segment(s0, p.K);
-  load_segment<T, Bits, FirstHint>(A, p, wrow, srow, brow, s0, c);
+  load_segment<T, Bits, false>(A, p, wrow, srow, brow, s0, c);
   for (int seg = s0;;) {
     segment(std::integral_constant<int, 0>{}, A, B, seg);
     if (++seg >= s1) break;
@@ -331,7 +333,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
 
 /// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
 /// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`). Cluster: called by
-/// the cluster kernel (the loops' FirstHint is off there).
+/// the cluster kernel (run_pairs_x_ahead's FirstHint is off there).
 template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
@@ -353,7 +355,7 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
   if constexpr (Wgmma) {
-    run_wgmma<T, Bits, TokenTiles, !Cluster>(acc, p, wrow, srow, brow, s0, s1, c, stages);
+    run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
     run_pairs_x_ahead<T, Bits, TokenTiles, !Cluster>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::two_buffers) {
