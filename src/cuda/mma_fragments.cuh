@@ -237,9 +237,15 @@ constexpr std::uint32_t pair_magic() {
 
 /// The bits of (2^e, 2^e) in T2.
 template <typename T>
-__device__ __forceinline__ constexpr std::uint32_t power_of_two_pair(int e) {
+__host__ __device__ constexpr std::uint32_t power_of_two_pair(int e) {
   return (static_cast<std::uint32_t>(Types<T>::kExponentBias + e) << Types<T>::kMantissaBits) * 0x00010001u;
 }
+// The magic is E = 2^kMantissaBits, and the constants dequant_pair builds from it are right.
+static_assert(power_of_two_pair<__half>(10) == Types<__half>::kMagic, "fp16 magic is 1024");
+static_assert(power_of_two_pair<__nv_bfloat16>(7) == Types<__nv_bfloat16>::kMagic, "bf16 magic is 128");
+static_assert(power_of_two_pair<__half>(-4) == 0x2C002C00u, "0.0625 in fp16");
+static_assert((0x80008000u | power_of_two_pair<__half>(10 - 4)) == 0xD400D400u, "-64 in fp16");
+static_assert(power_of_two_pair<__nv_bfloat16>(-2) == 0x3E803E80u, "0.25 in bf16");
 
 /// A value pair from value_pair to two exact 16-bit floats q, then w = s*q + b with one
 /// rounding. With the magic exponent E (1024 or 128) a half reads E + 2^shift q, so
