@@ -91,6 +91,16 @@ __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaP
   }
 }
 
+/// Where this thread's run of whole segments starts: w[i] = row i's words at chunk c of segment s0;
+/// returns the chunk's group in that segment (the two-buffer loops advance both from here).
+template <int Bits>
+__device__ __forceinline__ int whole_segments_start(const std::uint32_t* (&w)[4], const MmaParams& p,
+                                                    const std::uint32_t* const (&wrow)[4], int s0, int c) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[i] = wrow[i] + static_cast<std::int64_t>(s0 * 4 + c) * Bits;
+  return (s0 * kMmaSegment + 32 * c) >> p.group_shift;
+}
+
 /// The mma.sync run loops (the wgmma path has its own, run_wgmma).
 enum class RunLoop { pairs_x_ahead, two_buffers, one_buffer };
 
@@ -122,9 +132,7 @@ __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], 
   const int group_step = kMmaSegment >> p.group_shift;
   constexpr int kSegmentWords = kMmaSegment * Bits / 32;
   const std::uint32_t* w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) w[i] = wrow[i] + static_cast<std::int64_t>(s0 * 4 + c) * Bits;
-  int g = (s0 * kMmaSegment + 32 * c) >> p.group_shift;
+  int g = whole_segments_start<Bits>(w, p, wrow, s0, c);
   const mma::TokenCursor<T, TokenTiles> xs(p, s0, c, row_in_8);
   int seg = s0;
   if (seg < whole_end) {
@@ -176,9 +184,7 @@ __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4]
   const int group_step = kMmaSegment >> p.group_shift;
   constexpr int kSegmentWords = kMmaSegment * Bits / 32;
   const std::uint32_t* w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) w[i] = wrow[i] + static_cast<std::int64_t>(s0 * 4 + c) * Bits;
-  int g = (s0 * kMmaSegment + 32 * c) >> p.group_shift;
+  int g = whole_segments_start<Bits>(w, p, wrow, s0, c);
   const mma::TokenCursor<T, TokenTiles> xs(p, s0, c, row_in_8);
   int seg = s0;
   if (seg < whole_end) {
