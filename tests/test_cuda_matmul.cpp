@@ -175,12 +175,14 @@ TEST(CudaMatmul, EveryMmaConfigEveryFormat) {
 }
 
 /// qmv_mma's cluster split: cluster sizes 1..16, clusters with more ranks than K segments (empty
-/// ranks), K tails, N tails, one to eight token tiles.
+/// ranks), K tails, N tails, one to eight token tiles. The sizes include ones that divide a
+/// partial's 8 or 16 pushed chunks unevenly (3, 5, 6, 7, 12) and ones with ranks that receive
+/// none (12, 16), for cluster_sum_pushed.
 TEST(CudaMatmul, ClusterSplitEveryClusterSize) {
   QMM_REQUIRE_GPU();
   if (!device_runs("qmv_mma_c2")) GTEST_SKIP() << "thread-block clusters need an sm_90 device";
   std::mt19937 rng(17);
-  for (int cluster : {1, 2, 3, 4, 5, 6, 8, 16}) {
+  for (int cluster : {1, 2, 3, 4, 5, 6, 7, 8, 12, 16}) {
     const std::string kernel = "qmv_mma_c" + std::to_string(cluster);
     for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {1024, 2048}, {8, 320}}) {
       for (std::int64_t M : {1, 8, 9, 16, 17, 40}) {

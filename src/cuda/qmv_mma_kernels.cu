@@ -371,32 +371,36 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
   }
 }
 
-/// Split-K across a thread-block cluster (sm_90): cluster k takes row block k, and its rank r
-/// the segments [r * S / C, (r + 1) * S / C) (possibly none when S < C). The partials are added in
-/// rank order through distributed shared memory: a fixed order (batch invariance), with no global
-/// memory, counter or fence. Where dispatch takes it, it removes the stream-K fixup (3-4.5 us a
-/// call): 5120 -> 5120 at M=1 went from 14.5 to 12.2 us on the H100 (bench/NOTES.md v10).
-template <typename T, int Bits, int TokenTiles, bool Wgmma>
-__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
-    qmv_mma_cluster_kernel(const MmaParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/// This block's rank in its cluster, the cluster's size and its index.
+struct ClusterPlace {
+  std::uint32_t rank, ranks, id;
+};
+__device__ __forceinline__ ClusterPlace cluster_place() {
+  ClusterPlace c;
+  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(c.rank));
+  asm("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(c.ranks));
+  asm("mov.u32 %0, %%clusterid.x;\n" : "=r"(c.id));
+  return c;
+}
+
+/// Bytes of shared memory cluster_sum_pulled takes.
+template <int TokenTiles>
+constexpr int pulled_partial_bytes() {
+  return 2 * TokenTiles * kMmaThreads * static_cast<int>(sizeof(float4));
+}
+
+/// The cluster's partials added in rank order and stored, pulled: every rank writes its partial to
+/// its own shared memory, and after a barrier fragment float4 w (entry w / kMmaThreads of thread
+/// w % kMmaThreads) is finished by rank w / kMmaThreads % ranks, whose thread loads it from every
+/// rank at once (one distributed-shared-memory round trip); a second barrier keeps every rank's
+/// shared memory alive until the others have read it. The wgmma kernels use this: their x stages
+/// share the buffer, which every rank is done with once the first barrier is passed.
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void cluster_sum_pulled(const float (&acc)[2][TokenTiles][4], const MmaParams& p,
+                                                   const ClusterPlace& place, unsigned char* shared) {
   constexpr int kEntries = 2 * TokenTiles;
-  constexpr int kPartialBytes = kEntries * kMmaThreads * static_cast<int>(sizeof(float4));
-  // The wgmma path's x stages and the partials share the buffer: the run, with its last wait and
-  // barrier, is over before the partials are written.
-  constexpr int kSharedBytes =
-      Wgmma && wgmma_stage_bytes<TokenTiles>() > kPartialBytes ? wgmma_stage_bytes<TokenTiles>() : kPartialBytes;
-  __shared__ alignas(128) unsigned char s_shared[kSharedBytes];
-  auto& s_partial = *reinterpret_cast<float4(*)[kEntries][kMmaThreads]>(s_shared);
-  std::uint32_t rank, ranks, rb;
-  asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  asm("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(ranks));
-  asm("mov.u32 %0, %%clusterid.x;\n" : "=r"(rb));
-  const int s0 = static_cast<int>(static_cast<std::int64_t>(p.segments) * rank / ranks);
-  const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (rank + 1) / ranks);
-  float acc[2][TokenTiles][4];
-  qmm::cuda::stream_k::zero(acc);
-  if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma, true>(acc, p, static_cast<int>(rb), s0, s1, s_shared);
+  auto& s_partial = *reinterpret_cast<float4(*)[kEntries][kMmaThreads]>(shared);
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
@@ -404,18 +408,15 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
       s_partial[tile * TokenTiles + t][threadIdx.x] = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
   // Release this block's partial to the cluster and acquire the others'.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-  // The reduction is spread over the cluster: fragment float4 w (entry w / kMmaThreads of thread
-  // w % kMmaThreads) is finished by rank w / kMmaThreads % ranks, whose thread loads it from every
-  // rank at once (one distributed-shared-memory round trip) and adds them in rank order.
-  for (int w = static_cast<int>(rank * kMmaThreads + threadIdx.x); w < kEntries * kMmaThreads;
-       w += static_cast<int>(ranks) * kMmaThreads) {
+  for (int w = static_cast<int>(place.rank * kMmaThreads + threadIdx.x); w < kEntries * kMmaThreads;
+       w += static_cast<int>(place.ranks) * kMmaThreads) {
     const int thread = w % kMmaThreads;
     const int entry = w / kMmaThreads;
     const std::uint32_t local = qmm::cuda::shared_address(&s_partial[entry][thread]);
     float4 v[cuda_dispatch::kMmaMaxCluster];
 #pragma unroll
     for (int r = 0; r < cuda_dispatch::kMmaMaxCluster; ++r) {
-      if (r < static_cast<int>(ranks)) {
+      if (r < static_cast<int>(place.ranks)) {
         std::uint32_t remote;
         asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(r));
         asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
@@ -426,17 +427,127 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
     float4 sum = v[0];
 #pragma unroll
     for (int r = 1; r < cuda_dispatch::kMmaMaxCluster; ++r) {
-      if (r < static_cast<int>(ranks)) {
+      if (r < static_cast<int>(place.ranks)) {
         sum.x += v[r].x;
         sum.y += v[r].y;
         sum.z += v[r].z;
         sum.w += v[r].w;
       }
     }
-    qmm::cuda::stream_k::store_entry<T>(sum, p, static_cast<int>(rb), thread, entry / TokenTiles, entry % TokenTiles);
+    qmm::cuda::stream_k::store_entry<T>(sum, p, static_cast<int>(place.id), thread, entry / TokenTiles,
+                                        entry % TokenTiles);
   }
   // Every rank's shared memory must outlive the others' reads.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+/// cluster_sum_pushed's unit: chunk q of a rank's partial is fragment float4s [32 q, 32 q + 32) (a
+/// warp's float4s of one entry), and rank q % ranks adds it up.
+constexpr int kPushedChunk = 32;
+template <int TokenTiles>
+constexpr int pushed_chunks() {
+  return 2 * TokenTiles * kMmaThreads / kPushedChunk;
+}
+/// Bytes of shared memory cluster_sum_pushed takes: `ranks` senders x ceil(chunks / ranks) slots.
+template <int TokenTiles>
+constexpr int pushed_partial_bytes() {
+  return (pushed_chunks<TokenTiles>() + cuda_dispatch::kMmaMaxCluster - 1) * kPushedChunk *
+         static_cast<int>(sizeof(float4));
+}
+
+/// Says "this block runs" to the cluster: cluster_sum_pushed writes into other ranks' shared memory
+/// only after every rank has (a block's shared memory may be written only once it runs). Called
+/// at the start of the kernel, so the wait in cluster_sum_pushed finds it long done.
+__device__ __forceinline__ void cluster_arrive_started() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+
+/// The cluster's partials added in rank order and stored, pushed: each rank writes chunk q of its
+/// partial into the shared memory of rank q % ranks (remote stores), one barrier makes them
+/// visible, and each rank adds the copies it received from its own shared memory; after that no
+/// rank touches another's, so no second barrier. Against cluster_sum_pulled, which the mma.sync
+/// kernels used before: one remote round trip and one barrier fewer, 5120 -> 1024 -8..-10 % and
+/// 5120 -> 5120 -4..-7 % at M <= 16 on the H100 (bench/NOTES.md v16). The same additions in the
+/// same order, so the same bits. `shared` must not be used by this block after
+/// cluster_arrive_started (other ranks may write it from then on).
+template <typename T, int TokenTiles>
+__device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTiles][4], const MmaParams& p,
+                                                   const ClusterPlace& place, unsigned char* shared) {
+  constexpr int kChunks = pushed_chunks<TokenTiles>();
+  const int ranks = static_cast<int>(place.ranks);
+  const int rank = static_cast<int>(place.rank);
+  auto* s_received = reinterpret_cast<float4*>(shared);
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");  // every rank runs (cluster_arrive_started)
+  // Chunk q of this rank goes to rank q % ranks, into slot rank * per_rank + q / ranks there.
+  const int per_rank = (kChunks + ranks - 1) / ranks;
+  const int lane = static_cast<int>(threadIdx.x) % kPushedChunk;
+  const std::uint32_t base = qmm::cuda::shared_address(s_received);
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) {
+      const int q = ((tile * TokenTiles + t) * kMmaThreads + static_cast<int>(threadIdx.x)) / kPushedChunk;
+      const int slot = rank * per_rank + q / ranks;
+      const std::uint32_t local = base + static_cast<std::uint32_t>((slot * kPushedChunk + lane) * sizeof(float4));
+      std::uint32_t remote;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(q % ranks));
+      const float4 v = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
+      asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(remote), "f"(v.x), "f"(v.y), "f"(v.z),
+                   "f"(v.w)
+                   : "memory");
+    }
+  // Every push is visible to its receiver.
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  // Slot i (< per_rank chunks) of sender 0 is chunk (i / 32) * ranks + rank; sender r's copy is
+  // r * per_rank chunks further.
+  for (int i = static_cast<int>(threadIdx.x); i < per_rank * kPushedChunk; i += kMmaThreads) {
+    const int q = (i / kPushedChunk) * ranks + rank;
+    if (q >= kChunks) break;  // q grows with i
+    float4 sum = s_received[i];
+    for (int r = 1; r < ranks; ++r) {
+      const float4 v = s_received[r * per_rank * kPushedChunk + i];
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const int w = q * kPushedChunk + i % kPushedChunk;
+    const int entry = w / kMmaThreads;
+    qmm::cuda::stream_k::store_entry<T>(sum, p, static_cast<int>(place.id), w % kMmaThreads, entry / TokenTiles,
+                                        entry % TokenTiles);
+  }
+}
+#endif
+
+/// Split-K across a thread-block cluster (sm_90): cluster k takes row block k, and its rank r
+/// the segments [r * S / C, (r + 1) * S / C) (possibly none when S < C). The partials are added in
+/// rank order through distributed shared memory (cluster_sum_pushed, or cluster_sum_pulled with
+/// wgmma): a fixed order (batch invariance), with no global memory, counter or fence. Where
+/// dispatch takes it, it removes the stream-K fixup (3-4.5 us a call): 5120 -> 5120 at M=1 went
+/// from 14.5 to 12.2 us on the H100 (bench/NOTES.md v10).
+template <typename T, int Bits, int TokenTiles, bool Wgmma>
+__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
+    qmv_mma_cluster_kernel(const MmaParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // With wgmma, the x stages and the partials share the buffer: the run, with its last wait and
+  // barrier, is over before the partials are written.
+  constexpr int kSharedBytes = Wgmma ? (wgmma_stage_bytes<TokenTiles>() > pulled_partial_bytes<TokenTiles>()
+                                            ? wgmma_stage_bytes<TokenTiles>()
+                                            : pulled_partial_bytes<TokenTiles>())
+                                     : pushed_partial_bytes<TokenTiles>();
+  __shared__ alignas(128) unsigned char s_shared[kSharedBytes];
+  const ClusterPlace place = cluster_place();
+  if constexpr (!Wgmma) cluster_arrive_started();
+  const int s0 = static_cast<int>(static_cast<std::int64_t>(p.segments) * place.rank / place.ranks);
+  const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (place.rank + 1) / place.ranks);
+  float acc[2][TokenTiles][4];
+  qmm::cuda::stream_k::zero(acc);
+  if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma, true>(acc, p, static_cast<int>(place.id), s0, s1, s_shared);
+  if constexpr (Wgmma) {
+    cluster_sum_pulled<T, TokenTiles>(acc, p, place, s_shared);
+  } else {
+    cluster_sum_pushed<T, TokenTiles>(acc, p, place, s_shared);
+  }
 #else
   // Dispatch and forced() send only sm_90 devices here (cuda_dispatch::cluster_size).
   __trap();
