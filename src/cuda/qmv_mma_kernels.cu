@@ -394,8 +394,8 @@ constexpr int pulled_partial_bytes() {
 /// its own shared memory, and after a barrier fragment float4 w (entry w / kMmaThreads of thread
 /// w % kMmaThreads) is finished by rank w / kMmaThreads % ranks, whose thread loads it from every
 /// rank at once (one distributed-shared-memory round trip); a second barrier keeps every rank's
-/// shared memory alive until the others have read it. The wgmma kernels use this: their x stages
-/// share the buffer, which every rank is done with once the first barrier is passed.
+/// shared memory alive until the others have read it. The 64-token wgmma kernel uses this: its x
+/// stages share the buffer, which every rank is done with once the first barrier is passed.
 template <typename T, int TokenTiles>
 __device__ __forceinline__ void cluster_sum_pulled(const float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                    const ClusterPlace& place, unsigned char* shared) {
@@ -465,8 +465,8 @@ __device__ __forceinline__ void cluster_arrive_started() {
 /// The cluster's partials added in rank order and stored, pushed: each rank writes chunk q of its
 /// partial into the shared memory of rank q % ranks (remote stores), one barrier makes them
 /// visible, and each rank adds the copies it received from its own shared memory; after that no
-/// rank touches another's, so no second barrier. Against cluster_sum_pulled, which the mma.sync
-/// kernels used before: one remote round trip and one barrier fewer, 5120 -> 1024 -8..-10 % and
+/// rank touches another's, so no second barrier. Against cluster_sum_pulled, which every kernel
+/// used before: one remote round trip and one barrier fewer, 5120 -> 1024 -8..-10 % and
 /// 5120 -> 5120 -4..-7 % at M <= 16 on the H100 (bench/NOTES.md v16). The same additions in the
 /// same order, so the same bits. `shared` must not be used by this block after
 /// cluster_arrive_started (other ranks may write it from then on).
@@ -521,32 +521,35 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
 
 /// Split-K across a thread-block cluster (sm_90): cluster k takes row block k, and its rank r
 /// the segments [r * S / C, (r + 1) * S / C) (possibly none when S < C). The partials are added in
-/// rank order through distributed shared memory (cluster_sum_pushed, or cluster_sum_pulled with
-/// wgmma): a fixed order (batch invariance), with no global memory, counter or fence. Where
+/// rank order through distributed shared memory (cluster_sum_pushed, or cluster_sum_pulled for
+/// 64-token passes): a fixed order (batch invariance), with no global memory, counter or fence. Where
 /// dispatch takes it, it removes the stream-K fixup (3-4.5 us a call): 5120 -> 5120 at M=1 went
 /// from 14.5 to 12.2 us on the H100 (bench/NOTES.md v10).
 template <typename T, int Bits, int TokenTiles, bool Wgmma>
 __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
     qmv_mma_cluster_kernel(const MmaParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // With wgmma, the x stages and the partials share the buffer: the run, with its last wait and
-  // barrier, is over before the partials are written.
-  constexpr int kSharedBytes = Wgmma ? (wgmma_stage_bytes<TokenTiles>() > pulled_partial_bytes<TokenTiles>()
-                                            ? wgmma_stage_bytes<TokenTiles>()
-                                            : pulled_partial_bytes<TokenTiles>())
-                                     : pushed_partial_bytes<TokenTiles>();
+  // Pushed partials need a buffer of their own (other ranks write it while this one still runs);
+  // with 64 tokens the wgmma x stages and that buffer would not fit in 48 KB of static shared
+  // memory, so the 64-token kernel pulls, its partials over the stages it is done with.
+  constexpr bool kPushed = !Wgmma || TokenTiles <= 4;
+  constexpr int kStageBytes = Wgmma ? wgmma_stage_bytes<TokenTiles>() : 0;
+  constexpr int kPartialBytes = kPushed ? pushed_partial_bytes<TokenTiles>() : pulled_partial_bytes<TokenTiles>();
+  constexpr int kSharedBytes =
+      kPushed ? kStageBytes + kPartialBytes : (kStageBytes > kPartialBytes ? kStageBytes : kPartialBytes);
   __shared__ alignas(128) unsigned char s_shared[kSharedBytes];
+  unsigned char* const partials = kPushed ? s_shared + kStageBytes : s_shared;
   const ClusterPlace place = cluster_place();
-  if constexpr (!Wgmma) cluster_arrive_started();
+  if constexpr (kPushed) cluster_arrive_started();
   const int s0 = static_cast<int>(static_cast<std::int64_t>(p.segments) * place.rank / place.ranks);
   const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (place.rank + 1) / place.ranks);
   float acc[2][TokenTiles][4];
   qmm::cuda::stream_k::zero(acc);
   if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma, true>(acc, p, static_cast<int>(place.id), s0, s1, s_shared);
-  if constexpr (Wgmma) {
-    cluster_sum_pulled<T, TokenTiles>(acc, p, place, s_shared);
+  if constexpr (kPushed) {
+    cluster_sum_pushed<T, TokenTiles>(acc, p, place, partials);
   } else {
-    cluster_sum_pushed<T, TokenTiles>(acc, p, place, s_shared);
+    cluster_sum_pulled<T, TokenTiles>(acc, p, place, partials);
   }
 #else
   // Dispatch and forced() send only sm_90 devices here (cuda_dispatch::cluster_size).
