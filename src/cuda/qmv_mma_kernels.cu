@@ -427,12 +427,7 @@ __device__ __forceinline__ void cluster_sum_pulled(const float (&acc)[2][TokenTi
     float4 sum = v[0];
 #pragma unroll
     for (int r = 1; r < cuda_dispatch::kMmaMaxCluster; ++r) {
-      if (r < static_cast<int>(place.ranks)) {
-        sum.x += v[r].x;
-        sum.y += v[r].y;
-        sum.z += v[r].z;
-        sum.w += v[r].w;
-      }
+      if (r < static_cast<int>(place.ranks)) qmm::cuda::stream_k::add_to(sum, v[r]);
     }
     qmm::cuda::stream_k::store_entry<T>(sum, p, static_cast<int>(place.id), thread, entry / TokenTiles,
                                         entry % TokenTiles);
@@ -504,13 +499,7 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
     const int q = (i / kPushedChunk) * ranks + rank;
     if (q >= kChunks) break;  // q grows with i
     float4 sum = s_received[i];
-    for (int r = 1; r < ranks; ++r) {
-      const float4 v = s_received[r * per_rank * kPushedChunk + i];
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
+    for (int r = 1; r < ranks; ++r) qmm::cuda::stream_k::add_to(sum, s_received[r * per_rank * kPushedChunk + i]);
     const int w = q * kPushedChunk + i % kPushedChunk;
     const int entry = w / kMmaThreads;
     qmm::cuda::stream_k::store_entry<T>(sum, p, static_cast<int>(place.id), w % kMmaThreads, entry / TokenTiles,

@@ -103,6 +103,14 @@ __device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std
   return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
 }
 
+/// sum += v, lane by lane (partials are added a float4 at a time, in a fixed order).
+__device__ __forceinline__ void add_to(float4& sum, const float4& v) {
+  sum.x += v.x;
+  sum.y += v.y;
+  sum.z += v.z;
+  sum.w += v.w;
+}
+
 /// acc[tile][t][0..3] as one float4 (the unit partials are stored, loaded and written out in).
 template <int TokenTiles>
 __device__ __forceinline__ float4 fragment_entry(const float (&acc)[2][TokenTiles][4], int tile, int t) {
