@@ -29,34 +29,51 @@ struct Chunk {
   std::uint32_t w[Bits];
 };
 
-/// Loads of 1, 2 or 4 consecutive words through the non-coherent path, by default with the
-/// L2::256B hint: the L2 fetches the 256-byte block around the request, i.e. the row's next
-/// segments, with the first one (measured on H100: -7 % on the large shapes, bench/NOTES.md v8).
-/// Hint = false: the plain load (qmv_mma_kernels.cu run_pairs_x_ahead's first segment).
-template <bool Hint = true>
+/// How a weight load is issued. All go through the non-coherent path.
+/// - plain: nothing more (qmv_mma_kernels.cu: a run's first segment in the cluster kernel and on
+///   wgmma; its first weights arrive sooner than with the hint).
+/// - l2_256: the L2::256B hint, so the L2 fetches the 256-byte block around the request, i.e. the
+///   row's next segments, with the first one (measured on H100: -7 % on the large shapes,
+///   bench/NOTES.md v8).
+/// - l2_256_no_l1: the hint, and L1::no_allocate, so the weights, read once, do not take L1
+///   lines from the scales, biases and x. H100 (v17): the cluster kernel's mma.sync loop 2-3 %
+///   faster on 5120 -> 5120 and ~1 % on 5120 -> 1024 at M <= 16; the stream-K loop 10-20 %
+///   slower there, wgmma passes mixed (-5..+3 %), so only the former takes it.
+enum class WeightLoad { plain, l2_256, l2_256_no_l1 };
+
+/// Loads of 1, 2 or 4 consecutive words, issued as Load says.
+template <WeightLoad Load = WeightLoad::l2_256>
 __device__ __forceinline__ std::uint32_t load_word(const std::uint32_t* p) {
   std::uint32_t v;
-  if constexpr (Hint) {
+  if constexpr (Load == WeightLoad::l2_256_no_l1) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  } else if constexpr (Load == WeightLoad::l2_256) {
     asm volatile("ld.global.nc.L2::256B.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
   } else {
     asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
   }
   return v;
 }
-template <bool Hint = true>
+template <WeightLoad Load = WeightLoad::l2_256>
 __device__ __forceinline__ uint2 load_pair(const std::uint32_t* p) {
   uint2 v;
-  if constexpr (Hint) {
+  if constexpr (Load == WeightLoad::l2_256_no_l1) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  } else if constexpr (Load == WeightLoad::l2_256) {
     asm volatile("ld.global.nc.L2::256B.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
   } else {
     asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
   }
   return v;
 }
-template <bool Hint = true>
+template <WeightLoad Load = WeightLoad::l2_256>
 __device__ __forceinline__ uint4 load_quad(const std::uint32_t* p) {
   uint4 v;
-  if constexpr (Hint) {
+  if constexpr (Load == WeightLoad::l2_256_no_l1) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  } else if constexpr (Load == WeightLoad::l2_256) {
     asm volatile("ld.global.nc.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
@@ -78,28 +95,28 @@ __device__ __forceinline__ uint4 load_x_quad(const void* p) {
 }
 
 /// Loads a chunk with the widest aligned vector loads its size allows (the row and chunk
-/// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base); Hint as
-/// in load_word.
-template <int Bits, bool Hint = true>
+/// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base), issued
+/// as Load says.
+template <int Bits, WeightLoad Load = WeightLoad::l2_256>
 __device__ __forceinline__ Chunk<Bits> load_chunk(const std::uint32_t* p) {
   Chunk<Bits> c;
   if constexpr (Bits == 4) {
-    const uint4 v = load_quad<Hint>(p);
+    const uint4 v = load_quad<Load>(p);
     c.w[0] = v.x, c.w[1] = v.y, c.w[2] = v.z, c.w[3] = v.w;
   } else if constexpr (Bits == 8) {
-    const uint4 v0 = load_quad<Hint>(p);
-    const uint4 v1 = load_quad<Hint>(p + 4);
+    const uint4 v0 = load_quad<Load>(p);
+    const uint4 v1 = load_quad<Load>(p + 4);
     c.w[0] = v0.x, c.w[1] = v0.y, c.w[2] = v0.z, c.w[3] = v0.w;
     c.w[4] = v1.x, c.w[5] = v1.y, c.w[6] = v1.z, c.w[7] = v1.w;
   } else if constexpr (Bits == 2 || Bits == 6) {
 #pragma unroll
     for (int i = 0; i < Bits / 2; ++i) {
-      const uint2 v = load_pair<Hint>(p + 2 * i);
+      const uint2 v = load_pair<Load>(p + 2 * i);
       c.w[2 * i] = v.x, c.w[2 * i + 1] = v.y;
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < Bits; ++i) c.w[i] = load_word<Hint>(p + i);
+    for (int i = 0; i < Bits; ++i) c.w[i] = load_word<Load>(p + i);
   }
   return c;
 }

@@ -56,28 +56,28 @@ using mma::SegmentLoad;
 using mma::compute_segment;
 
 /// Loads a whole segment (no K tail): chunks `offset` words past the row pointers w, scales and
-/// biases of group g; Hint: the L2::256B hint on the chunk loads (mma_fragments.cuh load_word).
-template <typename T, int Bits, bool Hint = true>
+/// biases of group g; the chunk loads issued as Load says (mma_fragments.cuh WeightLoad).
+template <typename T, int Bits, mma::WeightLoad Load = mma::WeightLoad::l2_256>
 __device__ __forceinline__ void load_whole_segment(SegmentLoad<T, Bits>& L, const std::uint32_t* const (&w)[4],
                                                    std::int64_t offset, const T* const (&srow)[4],
                                                    const T* const (&brow)[4], int g) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    L.chunk[i] = mma::load_chunk<Bits, Hint>(w[i] + offset);
+    L.chunk[i] = mma::load_chunk<Bits, Load>(w[i] + offset);
     L.s[i] = srow[i][g];
     L.b[i] = brow[i][g];
   }
 }
 
-/// Loads segment `seg` (this thread's chunk c of it), zeros for a chunk past K; Hint as in
+/// Loads segment `seg` (this thread's chunk c of it), zeros for a chunk past K; Load as in
 /// load_whole_segment.
-template <typename T, int Bits, bool Hint = true>
+template <typename T, int Bits, mma::WeightLoad Load = mma::WeightLoad::l2_256>
 __device__ __forceinline__ void load_segment(SegmentLoad<T, Bits>& L, const MmaParams& p,
                                              const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                              const T* const (&brow)[4], int seg, int c) {
   const int k_chunk = seg * kMmaSegment + 32 * c;
   if (k_chunk < p.K) {
-    load_whole_segment<T, Bits, Hint>(L, wrow, static_cast<std::int64_t>(seg * 4 + c) * Bits, srow, brow,
+    load_whole_segment<T, Bits, Load>(L, wrow, static_cast<std::int64_t>(seg * 4 + c) * Bits, srow, brow,
                                       k_chunk >> p.group_shift);
   } else {
     // K tail: zero weights (q = 0, s = 0, b = 0) so the MMA adds exact zeros.
@@ -171,12 +171,13 @@ __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], 
 /// B's weights shared one, so A's MMAs waited for B's weights (bench/NOTES.md v13 item 7). H100:
 /// 1-10 % faster at M <= 8, 5-14 % at M = 9..16 (v14). Same MMAs in the same order, so the same
 /// bits as run_two_buffers and run_one_buffer.
-/// FirstHint: the run's first segment is loaded with the L2::256B hint. Without it the first
-/// weights arrive sooner (a 64-byte request per row instead of 256), the rest of the block comes
-/// with the second segment. H100 (bench/NOTES.md v15), without it: the cluster split 1-7 % faster
-/// on 5120 -> 5120 and 0.5-3.4 % slower on 5120 -> 1024 (kept off there, the net is a gain);
-/// stream-K 2-5 % slower on the two large shapes (kept on).
-template <typename T, int Bits, int TokenTiles, bool FirstHint>
+/// First: how the run's first segment's weights are loaded, Rest: the others'. Without the
+/// L2::256B hint the first weights arrive sooner (a 64-byte request per row instead of 256), the
+/// rest of the block comes with the second segment. H100 (bench/NOTES.md v15), first segment
+/// plain: the cluster split 1-7 % faster on 5120 -> 5120 and 0.5-3.4 % slower on 5120 -> 1024
+/// (kept plain there, the net is a gain); stream-K 2-5 % slower on the two large shapes (kept
+/// hinted). Rest is l2_256_no_l1 in the cluster kernel only (see WeightLoad).
+template <typename T, int Bits, int TokenTiles, mma::WeightLoad First, mma::WeightLoad Rest>
 __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                   const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                                   const T* const (&brow)[4], int s0, int s1, int c, int row_in_8) {
@@ -190,19 +191,19 @@ __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4]
   if (seg < whole_end) {
     SegmentLoad<T, Bits> A, B;
     mma::SegmentX<TokenTiles> XA, XB;
-    load_whole_segment<T, Bits, FirstHint>(A, w, 0, srow, brow, g);
+    load_whole_segment<T, Bits, First>(A, w, 0, srow, brow, g);
     mma::load_segment_x<T, TokenTiles>(XA, xs, 0);
     int x_offset = 0;
     for (int pairs = (whole_end - seg) / 2; pairs > 0; --pairs) {
       int d = mma::arrival_dependency<T, Bits, TokenTiles>(A, XA, p.zero);
-      load_whole_segment<T, Bits>(B, w, kSegmentWords + d, srow, brow, g + group_step + d);
+      load_whole_segment<T, Bits, Rest>(B, w, kSegmentWords + d, srow, brow, g + group_step + d);
       mma::load_segment_x<T, TokenTiles>(XB, xs, x_offset + kMmaSegment + d);
       mma::compute_whole_segment<T, Bits, TokenTiles>(acc, A, XA);
       // The next pair's first segment, or, after the last pair of an even count, B's again (from
       // L1; unused), so that the loads need no branch.
       const int ahead = min(seg + 2, whole_end - 1) - seg;
       d = mma::arrival_dependency<T, Bits, TokenTiles>(B, XB, p.zero);
-      load_whole_segment<T, Bits>(A, w, ahead * kSegmentWords + d, srow, brow, g + ahead * group_step + d);
+      load_whole_segment<T, Bits, Rest>(A, w, ahead * kSegmentWords + d, srow, brow, g + ahead * group_step + d);
       mma::load_segment_x<T, TokenTiles>(XA, xs, x_offset + ahead * kMmaSegment + d);
       mma::compute_whole_segment<T, Bits, TokenTiles>(acc, B, XB);
       seg += 2;
@@ -252,7 +253,7 @@ constexpr int wgmma_stage_bytes() {
 /// sixteen asynchronous wgmmas (the block's two 64-row halves x eight steps) multiply them by the
 /// stage. The next segment's loads are in flight during the dequantization and the wgmmas.
 /// The run's first segment is loaded without the L2::256B hint (see run_pairs_x_ahead's
-/// FirstHint). H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at M = 17..64,
+/// First). H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at M = 17..64,
 /// 5120 -> 13824 and 13824 -> 5120 (stream-K) 1-2 % at M = 32..64; 5120 -> 1024 within +-2 %.
 template <typename T, int Bits, int TokenTiles>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
@@ -323,7 +324,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
   // (a conditional copy was scheduled into the dequantization and waited for the loads there).
   SegmentLoad<T, Bits> A, B;
   stager.load_segment(s0, p.K);
-  load_segment<T, Bits, false>(A, p, wrow, srow, brow, s0, c);
+  load_segment<T, Bits, mma::WeightLoad::plain>(A, p, wrow, srow, brow, s0, c);
   for (int seg = s0;;) {
     segment(std::integral_constant<int, 0>{}, A, B, seg);
     if (++seg >= s1) break;
@@ -339,7 +340,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
 
 /// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
 /// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`). Cluster: called by
-/// the cluster kernel (run_pairs_x_ahead's FirstHint is off there).
+/// the cluster kernel (run_pairs_x_ahead's weight loads differ there).
 template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
@@ -363,7 +364,10 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
-    run_pairs_x_ahead<T, Bits, TokenTiles, !Cluster>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
+    using mma::WeightLoad;
+    constexpr WeightLoad kFirst = Cluster ? WeightLoad::plain : WeightLoad::l2_256;
+    constexpr WeightLoad kRest = Cluster ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
+    run_pairs_x_ahead<T, Bits, TokenTiles, kFirst, kRest>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::two_buffers) {
     run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else {
