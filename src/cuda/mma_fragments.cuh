@@ -35,10 +35,11 @@ struct Chunk {
 /// - l2_256: the L2::256B hint, so the L2 fetches the 256-byte block around the request, i.e. the
 ///   row's next segments, with the first one (measured on H100: -7 % on the large shapes,
 ///   bench/NOTES.md v8).
-/// - l2_256_no_l1: the hint, and L1::no_allocate, so the weights, read once, do not take L1
-///   lines from the scales, biases and x. H100 (v17): the cluster kernel's mma.sync loop 2-3 %
-///   faster on 5120 -> 5120 and ~1 % on 5120 -> 1024 at M <= 16; the stream-K loop 10-20 %
-///   slower there, wgmma passes mixed (-5..+3 %), so only the former takes it.
+/// - l2_256_no_l1: the hint, and L1::no_allocate: the weights, read once, are not kept in L1.
+///   H100 (bench/NOTES.md v17), all weight loads after a run's first: the cluster kernel 1.5-3 %
+///   faster on 5120 -> 5120 and 0.5-3 % on 5120 -> 1024 at every M; the stream-K kernel 10-20 %
+///   slower at M <= 16 and mixed (-2..+3 %) at M = 17..64 on the large shapes, so only the
+///   cluster kernel takes it.
 enum class WeightLoad { plain, l2_256, l2_256_no_l1 };
 
 /// Loads of 1, 2 or 4 consecutive words, issued as Load says.

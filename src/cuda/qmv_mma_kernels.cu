@@ -176,7 +176,7 @@ __device__ __forceinline__ void run_two_buffers(float (&acc)[2][TokenTiles][4], 
 /// rest of the block comes with the second segment. H100 (bench/NOTES.md v15), first segment
 /// plain: the cluster split 1-7 % faster on 5120 -> 5120 and 0.5-3.4 % slower on 5120 -> 1024
 /// (kept plain there, the net is a gain); stream-K 2-5 % slower on the two large shapes (kept
-/// hinted). Rest is l2_256_no_l1 in the cluster kernel only (see WeightLoad).
+/// hinted). Rest is l2_256_no_l1 in the cluster kernel only (see WeightLoad, run_segments).
 template <typename T, int Bits, int TokenTiles, mma::WeightLoad First, mma::WeightLoad Rest>
 __device__ __forceinline__ void run_pairs_x_ahead(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                   const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
@@ -253,9 +253,9 @@ constexpr int wgmma_stage_bytes() {
 /// sixteen asynchronous wgmmas (the block's two 64-row halves x eight steps) multiply them by the
 /// stage. The next segment's loads are in flight during the dequantization and the wgmmas.
 /// The run's first segment is loaded without the L2::256B hint (see run_pairs_x_ahead's
-/// First). H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at M = 17..64,
+/// First), the others as Rest says. H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at M = 17..64,
 /// 5120 -> 13824 and 13824 -> 5120 (stream-K) 1-2 % at M = 32..64; 5120 -> 1024 within +-2 %.
-template <typename T, int Bits, int TokenTiles>
+template <typename T, int Bits, int TokenTiles, mma::WeightLoad Rest>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
                                           const T* const (&brow)[4], int s0, int s1, int c, unsigned char* stages) {
@@ -276,7 +276,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
     stager.store(stages + kStage * kStageBytes);
     if (seg + 1 < s1) {
       stager.load_segment(seg + 1, p.K);
-      load_segment<T, Bits>(next, p, wrow, srow, brow, seg + 1, c);
+      load_segment<T, Bits, Rest>(next, p, wrow, srow, brow, seg + 1, c);
     }
     std::uint32_t a[2][8][4];
     mma::segment_fragments<T, Bits>(a, current);
@@ -361,12 +361,14 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
+  // After a run's first segment the cluster kernel loads its weights without L1 allocation
+  // (mma_fragments.cuh WeightLoad); the stream-K kernel keeps them in L1.
+  using mma::WeightLoad;
+  constexpr WeightLoad kRest = Cluster ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
   if constexpr (Wgmma) {
-    run_wgmma<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, stages);
+    run_wgmma<T, Bits, TokenTiles, kRest>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
-    using mma::WeightLoad;
     constexpr WeightLoad kFirst = Cluster ? WeightLoad::plain : WeightLoad::l2_256;
-    constexpr WeightLoad kRest = Cluster ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
     run_pairs_x_ahead<T, Bits, TokenTiles, kFirst, kRest>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::two_buffers) {
     run_two_buffers<T, Bits, TokenTiles>(acc, p, wrow, srow, brow, s0, s1, c, row_in_8);
