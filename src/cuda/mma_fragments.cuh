@@ -36,10 +36,10 @@ struct Chunk {
 ///   row's next segments, with the first one (measured on H100: -7 % on the large shapes,
 ///   bench/NOTES.md v8).
 /// - l2_256_no_l1: the hint, and L1::no_allocate: the weights, read once, are not kept in L1.
-///   H100 (bench/NOTES.md v17), all weight loads after a run's first: the cluster kernel 1.5-3 %
-///   faster on 5120 -> 5120 and 0.5-3 % on 5120 -> 1024 at every M; the stream-K kernel 10-20 %
-///   slower at M <= 16 and mixed (-2..+3 %) at M = 17..64 on the large shapes, so only the
-///   cluster kernel takes it.
+///   H100 (bench/NOTES.md v17), all weight loads after a run's first: the cluster kernel
+///   1.4-3.4 % faster on 5120 -> 5120 and 0.7-2.1 % on 5120 -> 1024 at every M; the stream-K
+///   kernel 10-22 % slower at M <= 16 and mixed (-2..+3 %) at M = 17..64 on the large shapes, so
+///   only the cluster kernel takes it.
 enum class WeightLoad { plain, l2_256, l2_256_no_l1 };
 
 /// Loads of 1, 2 or 4 consecutive words, issued as Load says.
