@@ -252,9 +252,10 @@ constexpr int wgmma_stage_bytes() {
 /// the next segment's x and weight loads, dequantizes the A fragments of all eight steps, and
 /// sixteen asynchronous wgmmas (the block's two 64-row halves x eight steps) multiply them by the
 /// stage. The next segment's loads are in flight during the dequantization and the wgmmas.
-/// The run's first segment is loaded without the L2::256B hint (see run_pairs_x_ahead's
-/// First), the others as Rest says. H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at M = 17..64,
-/// 5120 -> 13824 and 13824 -> 5120 (stream-K) 1-2 % at M = 32..64; 5120 -> 1024 within +-2 %.
+/// The run's first segment is loaded without the L2::256B hint (see run_pairs_x_ahead's First),
+/// the others as Rest says. H100 (bench/NOTES.md v15): 5120 -> 5120 (cluster) 5-8 % faster at
+/// M = 17..64, 5120 -> 13824 and 13824 -> 5120 (stream-K) 1-2 % at M = 32..64; 5120 -> 1024
+/// within +-2 %.
 template <typename T, int Bits, int TokenTiles, mma::WeightLoad Rest>
 __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                           const std::uint32_t* const (&wrow)[4], const T* const (&srow)[4],
