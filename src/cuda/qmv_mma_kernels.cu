@@ -341,7 +341,7 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
 
 /// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
 /// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`). Cluster: called by
-/// the cluster kernel (run_pairs_x_ahead's weight loads differ there).
+/// the cluster kernel (its weight loads differ: kFirst, kRest).
 template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
@@ -362,8 +362,10 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
-  // After a run's first segment the cluster kernel loads its weights without L1 allocation
-  // (mma_fragments.cuh WeightLoad); the stream-K kernel keeps them in L1.
+  // After a run's first segment the cluster kernel's pairs loop and wgmma passes load their
+  // weights without L1 allocation (mma_fragments.cuh WeightLoad). The stream-K kernel, and the
+  // cluster kernel's one- and two-buffer loops (6- and 8-bit), keep the plain hint: with
+  // no_allocate those loops measured 0..+6.5 % slower on the H100 (bench/NOTES.md v17 item 3).
   using mma::WeightLoad;
   constexpr WeightLoad kRest = Cluster ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
   if constexpr (Wgmma) {
