@@ -103,12 +103,19 @@ __device__ __forceinline__ int block_of_item(std::int64_t items, int blocks, std
   return static_cast<int>(((t + 1) * blocks + items - 1) / items - 1);
 }
 
-/// sum += v, lane by lane (partials are added a float4 at a time, in a fixed order).
+/// sum += v, lane by lane (partials are added a float4 at a time, in a fixed order); sum is a
+/// float4 or one accumulator entry acc[tile][t].
 __device__ __forceinline__ void add_to(float4& sum, const float4& v) {
   sum.x += v.x;
   sum.y += v.y;
   sum.z += v.z;
   sum.w += v.w;
+}
+__device__ __forceinline__ void add_to(float (&sum)[4], const float4& v) {
+  sum[0] += v.x;
+  sum[1] += v.y;
+  sum[2] += v.z;
+  sum[3] += v.w;
 }
 
 /// acc[tile][t][0..3] as one float4 (the unit partials are stored, loaded and written out in).
@@ -221,12 +228,7 @@ __device__ __forceinline__ void finish_row_block(float (&acc)[2][TokenTiles][4],
 #pragma unroll
         for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-          for (int t = 0; t < TokenTiles; ++t) {
-            acc[tile][t][0] += v[j][tile][t].x;
-            acc[tile][t][1] += v[j][tile][t].y;
-            acc[tile][t][2] += v[j][tile][t].z;
-            acc[tile][t][3] += v[j][tile][t].w;
-          }
+          for (int t = 0; t < TokenTiles; ++t) add_to(acc[tile][t], v[j][tile][t]);
       }
     }
     store_output<T, TokenTiles>(acc, p, rb);
