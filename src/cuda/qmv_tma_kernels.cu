@@ -47,9 +47,8 @@ namespace {
 
 namespace mma = qmm::cuda::mma;
 namespace sk = qmm::cuda::stream_k;
+using qmm::cuda::cp_async_arrive_noinc;
 using qmm::cuda::cp_async_ca;
-using qmm::cuda::cp_async_commit;
-using qmm::cuda::cp_async_wait;
 using qmm::cuda::cp_async_wait_all;
 using qmm::cuda::shared_address;
 using cuda_dispatch::kMmaRowsPerBlock;
@@ -161,8 +160,6 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
   const T* biases = static_cast<const T*>(p.biases);
   int stage = 0;
   std::uint32_t round_parity = 0;
-  std::uint32_t previous_full = 0;  // full barrier of the stage whose scales are not announced yet
-  bool announce_previous = false;
   for (std::int64_t it = start; it < end; ++it) {
     const int rb = static_cast<int>(it / p.segments);
     const int slice = static_cast<int>(it - static_cast<std::int64_t>(rb) * p.segments);
@@ -190,21 +187,15 @@ __device__ __forceinline__ void produce(const sk::Params& p, const CUtensorMap* 
         cp_async_ca<4>(s_dst, scales + at), cp_async_ca<4>(b_dst, biases + at);
       }
     }
-    // The previous stage's scales have landed once only this stage's group is in flight: then
-    // announce them (a plain release arrival, one per lane). Announcing one stage late keeps a
-    // stage of scale copies in flight without a per-stage round trip; with at least 2 stages
-    // the consumers never wait on a stage whose announcement needs a free slot.
-    cp_async_commit();
-    if (announce_previous) {
-      cp_async_wait<1>();  // at most one committed group still in flight
-      mbar_arrive(previous_full);
-    }
-    previous_full = full;
-    announce_previous = true;
+    // Each lane's arrival on the stage's full barrier comes from the copy hardware once its copies
+    // have landed, so the consumers' acquire of that barrier orders their reads after the copies.
+    // The lanes used to arrive themselves, one stage late, after cp.async.wait_group; racecheck
+    // reported those copies racing with the consumers' scale and bias reads (bench/NOTES.md v18).
+    cp_async_arrive_noinc(full);
     if (++stage == geo.stages) stage = 0, round_parity ^= 1;
   }
+  // Every copy has landed before the producer's threads exit.
   cp_async_wait_all();
-  if (announce_previous) mbar_arrive(previous_full);
 }
 #endif
 
@@ -224,7 +215,7 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
   if (threadIdx.x == 0) {
     for (int s = 0; s < geo.stages; ++s) {
       mbar_init(full0 + 8 * s, 1 + 32);  // lane 0's expect_tx arrival + one per producer lane
-      mbar_init(empty0 + 8 * s, kConsumerWarps);
+      mbar_init(empty0 + 8 * s, kMmaThreads);
     }
     // Make the initialised barriers visible to the async proxy (TMA) as well.
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -273,7 +264,7 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
       }
       // Every lane's reads of this stage are done (their values are in registers and used).
       __syncwarp();
-      if (lane == 0) mbar_arrive(empty0 + 8 * stage);
+      mbar_arrive(empty0 + 8 * stage);
       if (++stage == geo.stages) stage = 0, round_parity ^= 1;
     }
     sk::finish_row_block<T, TokenTiles, sk::SyncConsumers>(acc, p, rb, cur, cur + (s1 - s0) - 1, start, &s_is_last);
