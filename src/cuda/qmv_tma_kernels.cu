@@ -16,7 +16,7 @@
 // the producer's lanes copy with cp.async (rows past N copy row N-1: finite values whose
 // outputs are never stored). Stage handoff: a "full" mbarrier per stage (the TMA bytes as a
 // transaction count, plus one arrival per producer lane once its scale copies have landed) and
-// an "empty" mbarrier (one arrival per consumer warp).
+// an "empty" mbarrier (one arrival per consumer thread).
 //
 // Work split: stream-K over items (stream_k.cuh, items of 256 values), one block count for
 // M = 1..16 (batch invariance); partial row blocks are reduced by the last arriving block in
@@ -262,8 +262,9 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
         mma::compute_segment<T, Bits, TokenTiles>(acc, L, p, slice * StageWeights<Bits>::kSegments + half, c,
                                                   row_in_8);
       }
-      // Every lane's reads of this stage are done (their values are in registers and used).
-      __syncwarp();
+      // Each thread's reads of this stage are done (their values are in registers and used), and
+      // its own arrival releases them to the producer. With one arrival per warp after __syncwarp,
+      // racecheck reported the producer's next copies into the stage racing with these reads.
       mbar_arrive(empty0 + 8 * stage);
       if (++stage == geo.stages) stage = 0, round_parity ^= 1;
     }
