@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: configure, build, run the CUDA tests (optionally under
-# compute-sanitizer) and the benchmark, writing logs to $OUT (or ./gpu-out).
+# One call on a GPU machine: configure, build, run the CUDA tests (and, with --sanitize, the whole
+# suite under compute-sanitizer's memcheck and racecheck) and the benchmark, writing logs to $OUT
+# (or ./gpu-out).
 #   scripts/gpu_check.sh [--debs DIR] [--sanitize] [--bench "ARGS"] [--tests REGEX]
 # --debs DIR: Debian packages (.deb) to unpack for headers/libraries the machine lacks
 #             (GoogleTest, CLI11, nlohmann-json); see README "GPU runs".
@@ -20,6 +21,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 source scripts/gpu_build.sh
+source scripts/gpu_sanitize.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
 gpu_build "$OUT" "$DEBS" "$TARGETS" || exit 1
 status=0
@@ -29,12 +31,7 @@ if [ -x build-gpu/tests/qmm_cuda_tests ]; then
   build-gpu/tests/qmm_cuda_tests "${FILTER[@]}" >"$OUT/cuda_tests.log" 2>&1 || status=1
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests ran|Failure" "$OUT/cuda_tests.log" | head -40
   if [ "$SANITIZE" = 1 ]; then
-    for tool in memcheck racecheck; do
-      compute-sanitizer --tool $tool --error-exitcode 3 build-gpu/tests/qmm_cuda_tests \
-        --gtest_filter='CudaMatmul.NAndK*:CudaMatmul.LargeK*:CudaMatmul.Capturable*:CudaQuantize.*' \
-        >"$OUT/sanitize_$tool.log" 2>&1; echo "compute-sanitizer $tool exit $?"
-      tail -3 "$OUT/sanitize_$tool.log"
-    done
+    gpu_sanitize "$OUT" build-gpu/tests/qmm_cuda_tests || status=1
   fi
 fi
 if [ -n "$BENCH" ] && [ -x build-gpu/qmm ]; then

@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
 done
 step() { echo "== $* ($(date +%T))"; }
 source scripts/gpu_build.sh
+source scripts/gpu_sanitize.sh
 PY_ARGS=()
 if [ "$PYTHON" = 1 ] && python3 -c "import nanobind" 2>/dev/null; then PY_ARGS=(-DQMM_BUILD_PYTHON=ON); fi
 
@@ -37,14 +38,8 @@ step "ctest -L cuda"
 (cd build-gpu && ctest -L cuda --output-on-failure -j4 >"$LOGS/ctest_cuda.log" 2>&1)
 tail -6 "$LOGS/ctest_cuda.log"
 
-step compute-sanitizer
-for tool in memcheck racecheck; do
-  timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 build-gpu/tests/qmm_cuda_tests \
-    --gtest_filter='CudaMatmul.NAndK*:CudaMatmul.LargeK*:CudaMatmul.Capturable*:CudaMatmul.BatchedAnd*:CudaMatmul.Misaligned*:CudaQuantize.*' \
-    >"$LOGS/sanitize_$tool.log" 2>&1
-  echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOGS/sanitize_$tool.log") clean summaries)"
-  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitize_$tool.log" | tail -2
-done
+step "compute-sanitizer memcheck and racecheck, the whole CUDA suite in shards"
+gpu_sanitize "$LOGS" build-gpu/tests/qmm_cuda_tests 400
 
 if [ "$PYTHON" = 1 ] && [ -d build-gpu/python/qmm ]; then
   step "pytest (CUDA and CPU), one file at a time so a crash in one does not hide the others"
