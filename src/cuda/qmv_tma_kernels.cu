@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kTmaThreads, cuda_dispatch::kTmaBlocksPerSm)
   if (threadIdx.x == 0) {
     for (int s = 0; s < geo.stages; ++s) {
       mbar_init(full0 + 8 * s, 1 + 32);  // lane 0's expect_tx arrival + one per producer lane
-      mbar_init(empty0 + 8 * s, kMmaThreads);
+      mbar_init(empty0 + 8 * s, kMmaThreads);  // one arrival per consumer thread
     }
     // Make the initialised barriers visible to the async proxy (TMA) as well.
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
