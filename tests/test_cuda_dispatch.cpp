@@ -61,6 +61,7 @@ TEST(CudaDispatch, BlockCountIndependentOfMUpTo16) {
         const KernelConfig c = choose(shape(M, N, K), d);
         EXPECT_EQ(c.blocks, first.blocks) << M;
         EXPECT_EQ(c.cluster, first.cluster) << M;
+        EXPECT_EQ(c.block_k_split, first.block_k_split) << M;
       }
     }
     // Stream-K (no clusters before sm_90).
@@ -84,6 +85,16 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
     EXPECT_EQ(qo.blocks, 40 * 8);
     EXPECT_EQ(qo.name(), std::string(M <= 8 ? "qmv_mma_m8_c8" : "qmv_mma_m16_c8"));
     EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).blocks, 8 * 8);
+    // 64 blocks fit one 256-thread block per SM (<= 85 % of 132), 5 segments a rank: each block
+    // splits its run in two. q|o's 320 blocks would not fit.
+    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).name(), std::string(M <= 8 ? "qmv_mma_m8_c8_k2" : "qmv_mma_m16_c8_k2"));
+    EXPECT_EQ(qo.block_k_split, 1);
+    EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).block_k_split, 1);
+    // 8 segments over 8 ranks: one a rank, nothing to split.
+    EXPECT_EQ(choose(shape(M, 1024, 1024), kH100).block_k_split, 1);
+    EXPECT_EQ(choose(shape(M, 1024, 2048), kH100).block_k_split, 2);
+    // Fewer SMs: 64 blocks are more than 85 % of 72.
+    EXPECT_EQ(choose(shape(M, 1024, 5120), DeviceShape{72, 90}).block_k_split, 1);
     // Fused q|k|v, 56 row blocks: 448 blocks in clusters of 8 exceed 85 % of the 396 slots, 336
     // in clusters of 6 do not.
     EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).cluster, 6) << M;
@@ -102,6 +113,7 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 100}).cluster, 0) << M;  // no wgmma there
     EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 0) << M;
     EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).cluster, 8) << M;
+    EXPECT_EQ(choose(shape(M, 1024, 5120), kH100).block_k_split, 1) << M;  // wgmma stages x for the whole block
     EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).cluster, 4) << M;
   }
   EXPECT_EQ(choose(shape(3, 5120, 5120, 4, Dtype::float32), kH100).family, Family::qmv_warp_rows);
@@ -164,17 +176,34 @@ TEST(CudaDispatch, ForcedClusterSizes) {
   for (const char* unknown : {"qmv_mma_m8_c", "qmv_mma_m8_cx", "qmv_staged_m8_c8", "qmv_tma_m8_c8", "qmv_mma_m8_c12345"}) {
     EXPECT_THROW(forced(unknown, p, kH100), Error) << unknown;
   }
+  // "_k2": the cluster split with each block's K run in two halves, 8 or 16 tokens, mma.sync.
+  c = forced("qmv_mma_m8_c4_k2", p, kH100);
+  EXPECT_EQ(c.cluster, 4);
+  EXPECT_EQ(c.blocks, 8 * 4);
+  EXPECT_EQ(c.block_k_split, 2);
+  EXPECT_EQ(mma_block_threads(c), 2 * kMmaThreads);
+  EXPECT_EQ(c.name(), "qmv_mma_m8_c4_k2");
+  EXPECT_EQ(forced("qmv_mma_c8_k2", p, kH100).name(), "qmv_mma_m16_c8_k2");
+  EXPECT_EQ(mma_block_threads(forced("qmv_mma_c8", p, kH100)), kMmaThreads);
+  for (const char* bad : {"qmv_mma_m32_c8_k2", "qmv_mma_m64_c8_k2", "qmv_mma_m8_k2", "qmv_mma_m8_b7_k2", "qmv_mma_k2",
+                          "qmv_mma_m8_c8_k2_wg", "qmv_mma_m8_c8_k3", "qmv_staged_m8_c8_k2"}) {
+    EXPECT_THROW(forced(bad, p, kH100), Error) << bad;
+  }
+  EXPECT_THROW(forced("qmv_mma_c8_k2", shape(17, 1024, 5120), kH100), Error);  // 32 tokens
   // Clusters need sm_90.
   EXPECT_THROW(forced("qmv_mma_m8_c8", p, DeviceShape{108, 80}), Error);
+  EXPECT_THROW(forced("qmv_mma_m8_c8_k2", p, DeviceShape{108, 80}), Error);
   EXPECT_THROW(forced("qmv_mma_m8_c8", shape(3, 1024, 5120, 4, Dtype::float32), kH100), Error);
 }
 
 TEST(CudaDispatch, KernelNameSuffixes) {
   const Device gpu = Device::cuda(0);
-  for (const char* ok : {"qmv_mma_c8", "qmv_mma_m8_c8", "qmv_mma_m64_c16", "qmv_mma_m16_b77", "qmv_staged_m8_b3"}) {
+  for (const char* ok : {"qmv_mma_c8", "qmv_mma_m8_c8", "qmv_mma_m64_c16", "qmv_mma_m16_b77", "qmv_staged_m8_b3",
+                         "qmv_mma_c8_k2", "qmv_mma_m16_c3_k2"}) {
     EXPECT_TRUE(is_kernel_name(gpu, "quantized_matmul", ok)) << ok;
   }
-  for (const char* bad : {"qmv_mma_c", "qmv_mma_cx", "qmv_staged_m8_c8", "qmv_tma_c8", "qmv_mma_b8", "qmv_warp_rows_c8"}) {
+  for (const char* bad : {"qmv_mma_c", "qmv_mma_cx", "qmv_staged_m8_c8", "qmv_tma_c8", "qmv_mma_b8", "qmv_warp_rows_c8",
+                          "qmv_mma_k2", "qmv_mma_m8_k2", "qmv_mma_m8_b7_k2", "qmv_staged_m8_c8_k2", "qmv_mma_m8_c8_k3"}) {
     EXPECT_FALSE(is_kernel_name(gpu, "quantized_matmul", bad)) << bad;
   }
 }

@@ -108,7 +108,7 @@ std::vector<std::string> mma_kernels() {
           "qmv_staged_m64",   "qmv_mma_m8",       "qmv_mma_m16",   "qmv_mma_m32",    "qmv_mma_m64",
           "qmv_mma_m8_c3",    "qmv_mma_m16_c8",   "qmv_mma_m32_c2", "qmv_mma_m64_c16", "qmv_mma_m8_wg",
           "qmv_mma_m16_wg",   "qmv_mma_m32_wg",   "qmv_mma_m64_wg", "qmv_mma_m32_c3_wg", "qmv_mma_m64_c8_wg",
-          "qmv_mma_m64_b7_wg"};
+          "qmv_mma_m64_b7_wg", "qmv_mma_m8_c2_k2", "qmv_mma_m16_c3_k2"};
 }
 /// qmv_tma and qmv_mma's cluster split ("_c<C>") need an sm_90 device, qmv_mma's wgmma MMAs
 /// ("_wg") compute capability 9.0 exactly and a build with sm_90a code (then kernel_names lists
@@ -123,8 +123,13 @@ bool device_runs(const std::string& kernel) {
   return cc >= 90;
 }
 /// K for the every-format sweep: qmv_tma takes K in 256-value slices (a 512-value K still splits
-/// rows across stream-K blocks); the others get a K that ends inside a 256-value slice.
-std::int64_t sweep_k(const std::string& kernel) { return kernel.rfind("qmv_tma", 0) == 0 ? 512 : 384; }
+/// rows across stream-K blocks); a block K split in two ("_k2") gets 11 segments, so that with 2
+/// or 3 ranks both halves of every block have work; the others get a K that ends inside a
+/// 256-value slice.
+std::int64_t sweep_k(const std::string& kernel) {
+  if (kernel.rfind("qmv_tma", 0) == 0) return 512;
+  return kernel.find("_k2") != std::string::npos ? 1408 : 384;
+}
 /// Bit widths a tensor-core kernel family runs (qmv_staged: 4 and 8).
 std::vector<int> bits_of(const std::string& kernel) {
   if (kernel.rfind("qmv_staged", 0) == 0) return {4, 8};
@@ -186,6 +191,17 @@ TEST(CudaMatmul, ClusterSplitEveryClusterSize) {
     const std::string kernel = "qmv_mma_c" + std::to_string(cluster);
     for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {1024, 2048}, {8, 320}}) {
       for (std::int64_t M : {1, 8, 9, 16, 17, 40}) {
+        check_case({M, N, K, 4, 64, Dtype::float16, Dtype::float16, true, kernel}, rng);
+        check_case({M, N, K, 3, 32, Dtype::bfloat16, Dtype::bfloat16, true, kernel}, rng);
+      }
+    }
+  }
+  // Each block's K run split in two ("_k2", 8 and 16 tokens): halves of 0..8 segments, the K tail
+  // in the second half, empty ranks.
+  for (int cluster : {1, 2, 3, 5, 8}) {
+    const std::string kernel = "qmv_mma_c" + std::to_string(cluster) + "_k2";
+    for (auto [N, K] : {std::pair<std::int64_t, std::int64_t>{300, 1088}, {129, 128}, {1024, 2048}, {8, 320}}) {
+      for (std::int64_t M : {1, 8, 9, 16}) {
         check_case({M, N, K, 4, 64, Dtype::float16, Dtype::float16, true, kernel}, rng);
         check_case({M, N, K, 3, 32, Dtype::bfloat16, Dtype::bfloat16, true, kernel}, rng);
       }
@@ -295,7 +311,7 @@ TEST(CudaMatmul, CudaCoreKernelsEveryDtypeMix) {
 TEST(CudaMatmul, BatchInvariance) {
   QMM_REQUIRE_GPU();
   std::mt19937 rng(23);
-  for (const std::string kernel : {"", "qmv_tma", "qmv_mma", "qmv_mma_c3", "qmv_mma_c8"}) {
+  for (const std::string kernel : {"", "qmv_tma", "qmv_mma", "qmv_mma_c3", "qmv_mma_c8", "qmv_mma_c8_k2"}) {
     if (!device_runs(kernel)) continue;
     CallOptions opts;
     opts.kernel = kernel;

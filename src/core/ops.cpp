@@ -464,12 +464,17 @@ DeviceInfo device_info(const Device& device) {
 bool is_kernel_name(const Device& device, const std::string& op, const std::string& name) {
   const auto names = kernel_names(device, op);
   // A listed name; a tensor-core tile name (qmv_<family>_m<rows>) followed by "_b<digits>" (a
-  // block count); a qmv_mma name (tile or family) followed by "_c<digits>" (a cluster size); or
-  // any of those qmv_mma names followed by "_wg" (wgmma MMAs). The backend checks the numbers.
-  const std::string wg = "_wg";
-  if (name.rfind("qmv_mma", 0) == 0 && name.size() > wg.size() &&
-      name.compare(name.size() - wg.size(), wg.size(), wg) == 0) {
-    const std::string base = name.substr(0, name.size() - wg.size());
+  // block count); a qmv_mma name (tile or family) followed by "_c<digits>" (a cluster size), and
+  // that followed by "_k2" (K split in two inside each block); or any of those qmv_mma names
+  // followed by "_wg" (wgmma MMAs). The backend checks the numbers and the combinations.
+  const auto ends_with = [&name](const std::string& tail) {
+    return name.rfind("qmv_mma", 0) == 0 && name.size() > tail.size() &&
+           name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const std::string tail : {"_wg", "_k2"}) {
+    if (!ends_with(tail)) continue;
+    const std::string base = name.substr(0, name.size() - tail.size());
+    if (tail == "_k2" && base.find("_c") == std::string::npos) return false;
     return base.rfind("qmv_mma", 0) == 0 && is_kernel_name(device, op, base);
   }
   const auto has_suffix = [&name](const std::string& n, const char* tag) {

@@ -13,6 +13,7 @@ constexpr const char* kTmaFamily = "qmv_tma";
 constexpr const char* kMmaFamily = "qmv_mma";
 constexpr int kTokenTileChoices[] = {1, 2, 4, 8};
 constexpr const char* kWgmmaSuffix = "_wg";
+constexpr const char* kBlockKSplitSuffix = "_k2";
 
 std::string mma_name(int token_tiles) { return "qmv_mma_m" + std::to_string(8 * token_tiles); }
 std::string tma_name(int token_tiles) { return "qmv_tma_m" + std::to_string(8 * token_tiles); }
@@ -27,7 +28,8 @@ std::string KernelConfig::name() const {
     case Family::qmv_staged:
       return staged_name(token_tiles);
     case Family::qmv_mma:
-      return mma_name(token_tiles) + (cluster > 0 ? "_c" + std::to_string(cluster) : "") + (wgmma ? kWgmmaSuffix : "");
+      return mma_name(token_tiles) + (cluster > 0 ? "_c" + std::to_string(cluster) : "") +
+             (block_k_split == 2 ? kBlockKSplitSuffix : "") + (wgmma ? kWgmmaSuffix : "");
     case Family::qmv_warp_rows:
       return kWarpRows;
     case Family::qvm_columns:
@@ -46,6 +48,8 @@ std::vector<std::string> kernel_names(bool sm90a_code) {
   for (int t : kTokenTileChoices) {
     for (int size : kMmaClusterSizes) names.push_back(mma_name(t) + "_c" + std::to_string(size));
   }
+  // After any "_c<C>" with 8 or 16 tokens (the family name "qmv_mma_c<C>" too).
+  for (int t = 1; t <= kMmaMaxBlockKSplitTiles; t *= 2) names.push_back(mma_name(t) + "_c8" + kBlockKSplitSuffix);
   if (sm90a_code) {
     for (int t : kTokenTileChoices) names.push_back(mma_name(t) + kWgmmaSuffix);  // after "_b<n>" or "_c<C>" too
   }
@@ -112,6 +116,13 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   return 0;
 }
 
+int block_k_split(const ProblemShape& p, const DeviceShape& d, int cluster) {
+  if (cluster <= 0 || p.M > 8 * kMmaMaxBlockKSplitTiles) return 1;
+  const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
+  const bool one_wave = row_blocks(p) * cluster * 100 <= static_cast<std::int64_t>(d.multiprocessors) * 85;
+  return one_wave && segments >= 2 * cluster ? 2 : 1;
+}
+
 KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   KernelConfig c;
   if (!p.transpose) {
@@ -128,6 +139,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
   if (const int cluster = cluster_size(p, d); cluster > 0) {
     c.cluster = cluster;
     c.blocks = static_cast<int>(row_blocks(p)) * cluster;
+    c.block_k_split = block_k_split(p, d, cluster);
     return c;
   }
   c.blocks = stream_k_blocks(p, d, mma_blocks_per_sm(c.token_tiles));
@@ -145,7 +157,22 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
                   "float16 or bfloat16 x with scales of the same dtype");
     }
     KernelConfig c = forced(requested.substr(0, requested.size() - wg.size()), p, d);
+    if (c.block_k_split > 1) {
+      throw Error("[quantized_matmul] kernel " + requested + ": the in-block K split (_k2) runs on mma.sync only");
+    }
     c.wgmma = true;
+    return c;
+  }
+  // "_k2" after a qmv_mma cluster name with 8 or 16 tokens: each block's K run split in two.
+  const std::string k2 = kBlockKSplitSuffix;
+  if (requested.size() > k2.size() && requested.rfind(kMmaFamily, 0) == 0 &&
+      requested.compare(requested.size() - k2.size(), k2.size(), k2) == 0) {
+    KernelConfig c = forced(requested.substr(0, requested.size() - k2.size()), p, d);
+    if (c.cluster == 0 || c.wgmma || c.token_tiles > kMmaMaxBlockKSplitTiles) {
+      throw Error("[quantized_matmul] kernel " + requested +
+                  ": the in-block K split (_k2) needs the cluster split (_c<C>) with 8 or 16 tokens (m8, m16)");
+    }
+    c.block_k_split = 2;
     return c;
   }
   // A family name stands for the token-tile configuration dispatch would pick for this M.

@@ -48,6 +48,9 @@ struct KernelConfig {
   /// qmv_mma on compute capability 9.0: the MMAs on warpgroup wgmma, x staged in shared memory
   /// (name suffix "_wg"), instead of mma.sync with x loaded from global memory by every warp.
   bool wgmma = false;
+  /// qmv_mma's cluster split with mma.sync, 8 or 16 tokens: 128-thread groups per block, each
+  /// taking an equal part of the block's K run (name suffix "_k2" for 2); see block_k_split.
+  int block_k_split = 1;
   std::string name() const;
 };
 
@@ -94,6 +97,20 @@ constexpr int kMmaMaxCluster = 16;
 /// M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 and 13824 -> 5120 keep stream-K (clusters were
 /// 2-28 % slower).
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
+
+/// The most token tiles a block whose K run is split in two takes (KernelConfig::block_k_split;
+/// the 32- and 64-token passes are wgmma, whose x staging is the whole block's).
+constexpr int kMmaMaxBlockKSplitTiles = 2;
+
+/// Threads of a qmv_mma block: 128 rows' worth (4 warps) per K part.
+inline int mma_block_threads(const KernelConfig& c) { return kMmaThreads * c.block_k_split; }
+
+/// KernelConfig::block_k_split for dispatch's cluster split (`cluster` ranks, from cluster_size):
+/// 2 where one 256-thread block per SM still holds every block in one wave (row blocks x
+/// cluster <= 85 % of the SMs; at 150-200 registers a thread such a block is alone on its SM) and
+/// each half gets a segment, for 8 and 16 tokens; 1 otherwise. The same answer for every M in
+/// 1..16 (batch invariance). On the H100 only 5120 -> 1024 qualifies (8 row blocks x 8 ranks).
+int block_k_split(const ProblemShape& p, const DeviceShape& d, int cluster);
 
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
 /// sm_90a code in the build only (later cards run the compute_90 PTX, which has the mma.sync

@@ -346,7 +346,9 @@ template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
   const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
+  // The block's rows: 4 warps of 32. A cluster block whose K run is split in two
+  // (qmv_mma_cluster_kernel's KSplit) has a second 128-thread group with the same rows.
+  const int warp = (threadIdx.x >> 5) & 3;
   const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
   const int c = lane & 3;          // which 32-value chunk of a segment this thread feeds
   const T* scales = static_cast<const T*>(p.scales);
@@ -474,6 +476,9 @@ __device__ __forceinline__ void cluster_arrive_started() {
 /// 5120 -> 5120 -4..-7 % at M <= 16 on the H100 (bench/NOTES.md v16). The same additions in the
 /// same order, so the same bits. `shared` must not be used by this block after
 /// cluster_arrive_started (other ranks may write it from then on).
+/// A block of more than kMmaThreads threads (qmv_mma_cluster_kernel's KSplit): the first
+/// kMmaThreads hold the block's partial and push it; every thread takes part in the barriers and
+/// the additions.
 template <typename T, int TokenTiles>
 __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                    const ClusterPlace& place, unsigned char* shared) {
@@ -486,25 +491,27 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
   const int per_rank = (kChunks + ranks - 1) / ranks;
   const int lane = static_cast<int>(threadIdx.x) % kPushedChunk;
   const std::uint32_t base = qmm::cuda::shared_address(s_received);
+  if (threadIdx.x < kMmaThreads) {  // the threads holding the partial (warp-uniform)
 #pragma unroll
-  for (int tile = 0; tile < 2; ++tile)
+    for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-    for (int t = 0; t < TokenTiles; ++t) {
-      const int q = ((tile * TokenTiles + t) * kMmaThreads + static_cast<int>(threadIdx.x)) / kPushedChunk;
-      const int slot = rank * per_rank + q / ranks;
-      const std::uint32_t local = base + static_cast<std::uint32_t>((slot * kPushedChunk + lane) * sizeof(float4));
-      std::uint32_t remote;
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(q % ranks));
-      const float4 v = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
-      asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(remote), "f"(v.x), "f"(v.y), "f"(v.z),
-                   "f"(v.w)
-                   : "memory");
-    }
+      for (int t = 0; t < TokenTiles; ++t) {
+        const int q = ((tile * TokenTiles + t) * kMmaThreads + static_cast<int>(threadIdx.x)) / kPushedChunk;
+        const int slot = rank * per_rank + q / ranks;
+        const std::uint32_t local = base + static_cast<std::uint32_t>((slot * kPushedChunk + lane) * sizeof(float4));
+        std::uint32_t remote;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(q % ranks));
+        const float4 v = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
+        asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(remote), "f"(v.x), "f"(v.y), "f"(v.z),
+                     "f"(v.w)
+                     : "memory");
+      }
+  }
   // Every push is visible to its receiver.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
   // Slot i (< per_rank chunks) of sender 0 is chunk (i / 32) * ranks + rank; sender r's copy is
   // r * per_rank chunks further.
-  for (int i = static_cast<int>(threadIdx.x); i < per_rank * kPushedChunk; i += kMmaThreads) {
+  for (int i = static_cast<int>(threadIdx.x); i < per_rank * kPushedChunk; i += static_cast<int>(blockDim.x)) {
     const int q = (i / kPushedChunk) * ranks + rank;
     if (q >= kChunks) break;  // q grows with i
     float4 sum = s_received[i];
@@ -523,10 +530,11 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
 /// 64-token passes): a fixed order (batch invariance), with no global memory, counter or fence. Where
 /// dispatch takes it, it removes the stream-K fixup (3-4.5 us a call): 5120 -> 5120 at M=1 went
 /// from 14.5 to 12.2 us on the H100 (bench/NOTES.md v10).
-template <typename T, int Bits, int TokenTiles, bool Wgmma>
-__global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per_sm(TokenTiles))
+template <typename T, int Bits, int TokenTiles, bool Wgmma, int KSplit>
+__global__ void __launch_bounds__(kMmaThreads* KSplit, KSplit == 1 ? cuda_dispatch::mma_min_blocks_per_sm(TokenTiles) : 1)
     qmv_mma_cluster_kernel(const MmaParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(KSplit == 1 || (KSplit == 2 && !Wgmma), "the in-block K split is for mma.sync passes");
   // Pushed partials need a buffer of their own (other ranks write it while this one still runs);
   // with 64 tokens the wgmma x stages and that buffer would not fit in 48 KB of static shared
   // memory, so the 64-token kernel pulls, its partials over the stages it is done with.
@@ -543,7 +551,34 @@ __global__ void __launch_bounds__(kMmaThreads, cuda_dispatch::mma_min_blocks_per
   const int s1 = static_cast<int>(static_cast<std::int64_t>(p.segments) * (place.rank + 1) / place.ranks);
   float acc[2][TokenTiles][4];
   qmm::cuda::stream_k::zero(acc);
-  if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma, true>(acc, p, static_cast<int>(place.id), s0, s1, s_shared);
+  if constexpr (KSplit == 1) {
+    if (s0 < s1) run_segments<T, Bits, TokenTiles, Wgmma, true>(acc, p, static_cast<int>(place.id), s0, s1, s_shared);
+  } else {
+    // The rank's run split in two: the second 128 threads take its last (s1 - s0) / 2 segments and
+    // hand their partial to the first 128 through shared memory, which add it to theirs (a fixed
+    // order: the same bits for every M of a token tile count).
+    __shared__ float4 s_handoff[2 * TokenTiles][kMmaThreads];
+    const int half = static_cast<int>(threadIdx.x) / kMmaThreads;  // warp-uniform
+    const int mid = s1 - (s1 - s0) / 2;
+    const int h0 = half == 0 ? s0 : mid;
+    const int h1 = half == 0 ? mid : s1;
+    if (h0 < h1) run_segments<T, Bits, TokenTiles, false, true>(acc, p, static_cast<int>(place.id), h0, h1, nullptr);
+    const int thread = static_cast<int>(threadIdx.x) % kMmaThreads;
+    if (half == 1) {
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t)
+          s_handoff[tile * TokenTiles + t][thread] = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
+    }
+    __syncthreads();
+    if (half == 0) {
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+        for (int t = 0; t < TokenTiles; ++t) qmm::cuda::stream_k::add_to(acc[tile][t], s_handoff[tile * TokenTiles + t][thread]);
+    }
+  }
   if constexpr (kPushed) {
     cluster_sum_pushed<T, TokenTiles>(acc, p, place, partials);
   } else {
@@ -590,7 +625,11 @@ KernelFn kernel_for(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c
         constexpr int B = decltype(bits)::value;
         constexpr int Tiles = decltype(tiles)::value;
         if (config.cluster > 0) {
-          return config.wgmma ? &qmv_mma_cluster_kernel<T, B, Tiles, true> : &qmv_mma_cluster_kernel<T, B, Tiles, false>;
+          if (config.wgmma) return &qmv_mma_cluster_kernel<T, B, Tiles, true, 1>;
+          if constexpr (Tiles <= cuda_dispatch::kMmaMaxBlockKSplitTiles) {
+            if (config.block_k_split == 2) return &qmv_mma_cluster_kernel<T, B, Tiles, false, 2>;
+          }
+          return &qmv_mma_cluster_kernel<T, B, Tiles, false, 1>;
         }
         return config.wgmma ? &qmv_mma_kernel<T, B, Tiles, true> : &qmv_mma_kernel<T, B, Tiles, false>;
       });
@@ -603,7 +642,7 @@ KernelFn kernel_for(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c
 int qmv_mma_blocks_per_sm(const MatmulProblem& p, const cuda_dispatch::KernelConfig& config) {
   int blocks = 0;
   QMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, reinterpret_cast<const void*>(kernel_for(p, config)), kMmaThreads, 0));
+      &blocks, reinterpret_cast<const void*>(kernel_for(p, config)), cuda_dispatch::mma_block_threads(config), 0));
   return blocks;
 }
 
@@ -618,7 +657,7 @@ void launch_qmv_mma(const MatmulProblem& p, const cuda_dispatch::KernelConfig& c
     qmm::cuda::stream_k::for_each_pass(q, p, 8 * config.token_tiles, [&](const MmaParams& pass) {
       cudaLaunchConfig_t launch{};
       launch.gridDim = dim3(static_cast<unsigned>(config.blocks));  // row blocks x cluster
-      launch.blockDim = dim3(kMmaThreads);
+      launch.blockDim = dim3(static_cast<unsigned>(cuda_dispatch::mma_block_threads(config)));
       launch.stream = stream;
       cudaLaunchAttribute attribute{};
       attribute.id = cudaLaunchAttributeClusterDimension;
