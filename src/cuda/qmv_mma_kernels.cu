@@ -342,13 +342,13 @@ __device__ __forceinline__ void run_wgmma(float (&acc)[2][TokenTiles][4], const 
 /// Adds segments [s0, s1) of row block rb into acc: this thread's rows and chunk, with the
 /// two-buffer loop where its registers fit, or on wgmma (x staged in `stages`). Cluster: called by
 /// the cluster kernel (its weight loads differ: kFirst, kRest).
-template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster>
+template <typename T, int Bits, int TokenTiles, bool Wgmma, bool Cluster, int KSplit = 1>
 __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], const MmaParams& p, int rb, int s0,
                                              int s1, unsigned char* stages) {
   const int lane = threadIdx.x & 31;
   // The block's rows: 4 warps of 32. A cluster block whose K run is split in two
   // (qmv_mma_cluster_kernel's KSplit) has a second 128-thread group with the same rows.
-  const int warp = (threadIdx.x >> 5) & 3;
+  const int warp = KSplit == 1 ? static_cast<int>(threadIdx.x >> 5) : static_cast<int>(threadIdx.x >> 5) & 3;
   const int row_in_8 = lane >> 2;  // A row within an 8-row half / B column (token)
   const int c = lane & 3;          // which 32-value chunk of a segment this thread feeds
   const T* scales = static_cast<const T*>(p.scales);
@@ -476,10 +476,10 @@ __device__ __forceinline__ void cluster_arrive_started() {
 /// 5120 -> 5120 -4..-7 % at M <= 16 on the H100 (bench/NOTES.md v16). The same additions in the
 /// same order, so the same bits. `shared` must not be used by this block after
 /// cluster_arrive_started (other ranks may write it from then on).
-/// A block of more than kMmaThreads threads (qmv_mma_cluster_kernel's KSplit): the first
-/// kMmaThreads hold the block's partial and push it; every thread takes part in the barriers and
-/// the additions.
-template <typename T, int TokenTiles>
+/// Threads: the block's; above kMmaThreads (qmv_mma_cluster_kernel's KSplit) the first
+/// kMmaThreads hold the block's partial and push it, and every thread takes part in the barriers
+/// and the additions.
+template <typename T, int TokenTiles, int Threads = kMmaThreads>
 __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                    const ClusterPlace& place, unsigned char* shared) {
   constexpr int kChunks = pushed_chunks<TokenTiles>();
@@ -491,7 +491,7 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
   const int per_rank = (kChunks + ranks - 1) / ranks;
   const int lane = static_cast<int>(threadIdx.x) % kPushedChunk;
   const std::uint32_t base = qmm::cuda::shared_address(s_received);
-  if (threadIdx.x < kMmaThreads) {  // the threads holding the partial (warp-uniform)
+  if (Threads == kMmaThreads || threadIdx.x < kMmaThreads) {  // the threads holding the partial (warp-uniform)
 #pragma unroll
     for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
@@ -511,7 +511,7 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
   // Slot i (< per_rank chunks) of sender 0 is chunk (i / 32) * ranks + rank; sender r's copy is
   // r * per_rank chunks further.
-  for (int i = static_cast<int>(threadIdx.x); i < per_rank * kPushedChunk; i += static_cast<int>(blockDim.x)) {
+  for (int i = static_cast<int>(threadIdx.x); i < per_rank * kPushedChunk; i += Threads) {
     const int q = (i / kPushedChunk) * ranks + rank;
     if (q >= kChunks) break;  // q grows with i
     float4 sum = s_received[i];
@@ -531,7 +531,8 @@ __device__ __forceinline__ void cluster_sum_pushed(const float (&acc)[2][TokenTi
 /// dispatch takes it, it removes the stream-K fixup (3-4.5 us a call): 5120 -> 5120 at M=1 went
 /// from 14.5 to 12.2 us on the H100 (bench/NOTES.md v10).
 template <typename T, int Bits, int TokenTiles, bool Wgmma, int KSplit>
-__global__ void __launch_bounds__(kMmaThreads* KSplit, KSplit == 1 ? cuda_dispatch::mma_min_blocks_per_sm(TokenTiles) : 1)
+__global__ void __launch_bounds__(kMmaThreads * KSplit,
+                                  KSplit == 1 ? cuda_dispatch::mma_min_blocks_per_sm(TokenTiles) : 1)
     qmv_mma_cluster_kernel(const MmaParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(KSplit == 1 || (KSplit == 2 && !Wgmma), "the in-block K split is for mma.sync passes");
@@ -562,7 +563,7 @@ __global__ void __launch_bounds__(kMmaThreads* KSplit, KSplit == 1 ? cuda_dispat
     const int mid = s1 - (s1 - s0) / 2;
     const int h0 = half == 0 ? s0 : mid;
     const int h1 = half == 0 ? mid : s1;
-    if (h0 < h1) run_segments<T, Bits, TokenTiles, false, true>(acc, p, static_cast<int>(place.id), h0, h1, nullptr);
+    if (h0 < h1) run_segments<T, Bits, TokenTiles, false, true, 2>(acc, p, static_cast<int>(place.id), h0, h1, nullptr);
     const int thread = static_cast<int>(threadIdx.x) % kMmaThreads;
     if (half == 1) {
 #pragma unroll
@@ -576,11 +577,13 @@ __global__ void __launch_bounds__(kMmaThreads* KSplit, KSplit == 1 ? cuda_dispat
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile)
 #pragma unroll
-        for (int t = 0; t < TokenTiles; ++t) qmm::cuda::stream_k::add_to(acc[tile][t], s_handoff[tile * TokenTiles + t][thread]);
+        for (int t = 0; t < TokenTiles; ++t) {
+          qmm::cuda::stream_k::add_to(acc[tile][t], s_handoff[tile * TokenTiles + t][thread]);
+        }
     }
   }
   if constexpr (kPushed) {
-    cluster_sum_pushed<T, TokenTiles>(acc, p, place, partials);
+    cluster_sum_pushed<T, TokenTiles, kMmaThreads * KSplit>(acc, p, place, partials);
   } else {
     cluster_sum_pulled<T, TokenTiles>(acc, p, place, partials);
   }
