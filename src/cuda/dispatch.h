@@ -109,7 +109,11 @@ inline int mma_block_threads(const KernelConfig& c) { return kMmaThreads * c.blo
 /// 2 where one 256-thread block per SM still holds every block in one wave (row blocks x
 /// cluster <= 85 % of the SMs; at 150-200 registers a thread such a block is alone on its SM) and
 /// each half gets a segment, for 8 and 16 tokens; 1 otherwise. The same answer for every M in
-/// 1..16 (batch invariance). On the H100 only 5120 -> 1024 qualifies (8 row blocks x 8 ranks).
+/// 1..16 (batch invariance). On the H100 only 5120 -> 1024 qualifies (8 row blocks x 8 ranks):
+/// 6-8 % faster at M = 1..8 and 4-6 % at M = 9..16 than one part (bench/NOTES.md v19). Fewer,
+/// longer clusters to make it fit did not pay: 5120 -> 5120 in clusters of 2 or 3 (80 or 120
+/// blocks, 20 or 13-14 segments a block) took 11.1 and 15.8 us at M=1 against 9.9 for dispatch's
+/// 320 one-part blocks in clusters of 8.
 int block_k_split(const ProblemShape& p, const DeviceShape& d, int cluster);
 
 /// Whether qmv_mma takes its wgmma MMAs (KernelConfig::wgmma): on compute capability 9.0 with
