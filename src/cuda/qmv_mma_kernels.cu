@@ -11,7 +11,9 @@
 // - cluster split (qmv_mma_cluster_kernel, sm_90): a thread-block cluster per row block, its
 //   ranks taking equal shares of K, the partials added in rank order through distributed
 //   shared memory. Dispatch picks it where the stream-K fixup would cost more
-//   (cuda_dispatch::cluster_size).
+//   (cuda_dispatch::cluster_size). Where the clusters leave most SMs idle, a block of 8 or 16
+//   tokens may split its run in two as well (KSplit, "_k2": 256 threads, the halves added in
+//   shared memory; cuda_dispatch::block_k_split).
 // A block's run of segments streams through registers: the next segment's loads are in flight
 // while the current one computes (run_pairs_x_ahead / run_two_buffers / run_one_buffer below,
 // chosen by run_loop).
