@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -261,7 +262,7 @@ TEST(BenchReport, MergePeers) {
           {{{"k", 5120}, {"n", 13824}, {"m", 1}, {"us", {{"median", 21.8}, {"min", 21.5}, {"max", 22.0}}}},
            {{"k", 5120}, {"n", 13824}, {"m", 3}, {"us", 25.1}},
            {{"k", 1}, {"n", 1}, {"m", 1}, {"us", 1.0}}}}},
-        {{"name", "gemlite"}, {"available", false}, {"reason", "ImportError: no module named gemlite"}}}}};
+        {{"name", "gemlite"}, {"available", false}, {"reason", "ImportError: no module named gemlite\nlast line"}}}}};
   merge_peers(r, peers);
   fill_derived(r);
   ASSERT_EQ(r.peers.size(), 2u);
@@ -275,11 +276,25 @@ TEST(BenchReport, MergePeers) {
     if (t.name == "peers") {
       peers_checked = true;
       EXPECT_TRUE(t.pass) << t.detail;
+      // A pass against the peers that ran; the one that did not is named.
+      EXPECT_NE(t.detail.find("not in this run: gemlite"), std::string::npos) << t.detail;
     }
   }
   EXPECT_TRUE(peers_checked);
+  // The table prints the reason's first line only.
+  char* text = nullptr;
+  std::size_t size = 0;
+  std::FILE* out = open_memstream(&text, &size);
+  ASSERT_NE(out, nullptr);
+  print_table(r, out);
+  std::fclose(out);
+  const std::string table(text, size);
+  std::free(text);
+  const std::string first_line = "gemlite      did not run: ImportError: no module named gemlite";
+  EXPECT_NE(table.find(first_line + " (the whole reason is in the JSON)\n"), std::string::npos) << table;
+  EXPECT_EQ(table.find("last line"), std::string::npos);
   const json j = to_json(r);
-  EXPECT_EQ(j.at("peers").at(1).at("reason"), "ImportError: no module named gemlite");
+  EXPECT_EQ(j.at("peers").at(1).at("reason"), "ImportError: no module named gemlite\nlast line");
   EXPECT_NEAR(j.at("shapes").at(0).at("rows").at(2).at("peers").at("tinygemm").at("median").get<double>(), 25.1, 1e-12);
   EXPECT_THROW(merge_peers(r, json{{"schema", "other"}}), std::invalid_argument);
 }

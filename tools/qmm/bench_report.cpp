@@ -367,7 +367,10 @@ void print_table(const Report& report, std::FILE* out) {
         std::fprintf(out, "   %-12s ran: %s%s%s\n", pi.name.c_str(), pi.format.c_str(), pi.version.empty() ? "" : ", ",
                      pi.version.c_str());
       } else {
-        std::fprintf(out, "   %-12s did not run: %s\n", pi.name.c_str(), pi.reason.c_str());
+        // The reason may carry the peer's last lines of output: the table gets the first line.
+        const std::size_t eol = pi.reason.find('\n');
+        std::fprintf(out, "   %-12s did not run: %s%s\n", pi.name.c_str(), pi.reason.substr(0, eol).c_str(),
+                     eol == std::string::npos ? "" : " (the whole reason is in the JSON)");
       }
     }
   }

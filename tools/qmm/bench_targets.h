@@ -18,7 +18,8 @@ bool targets_apply(const Report& report);
 ///  - flat_16: t(16)/t(1) <= 1.20;  flat_32: t(32)/t(1) <= 1.6;
 ///  - no_step: t(M+1)/t(M) <= 1.15 for every measured pair in 1..64;
 ///  - dense: never slower than the dense equivalent for M <= 64;
-///  - peers: faster than every peer at every M in 1..16 the peers measured.
+///  - peers: faster than every peer at every M in 1..16 the peers measured (the detail names the
+///    peers of the merged file that did not run).
 std::vector<TargetCheck> check_targets(const Report& report);
 
 }  // namespace qmm::bench
