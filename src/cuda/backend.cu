@@ -151,9 +151,8 @@ LaunchInfo cuda_describe(const std::vector<MatmulProblem>& problems, const std::
     case cuda_dispatch::Family::qmv_staged:
     case cuda_dispatch::Family::qmv_mma: {
       info.grid[0] = c.blocks;
-      info.block_threads = c.family == cuda_dispatch::Family::qmv_tma      ? cuda_dispatch::kTmaThreads
-                           : c.family == cuda_dispatch::Family::qmv_staged ? cuda_dispatch::kMmaThreads
-                                                                            : cuda_dispatch::mma_block_threads(c);
+      info.block_threads =
+          c.family == cuda_dispatch::Family::qmv_tma ? cuda_dispatch::kTmaThreads : cuda_dispatch::mma_block_threads(c);
       info.blocks_per_sm = c.family == cuda_dispatch::Family::qmv_tma      ? qmv_tma_blocks_per_sm(p, c)
                            : c.family == cuda_dispatch::Family::qmv_staged ? qmv_staged_blocks_per_sm(p, c)
                                                                             : qmv_mma_blocks_per_sm(p, c);

@@ -19,6 +19,11 @@ std::string mma_name(int token_tiles) { return "qmv_mma_m" + std::to_string(8 * 
 std::string tma_name(int token_tiles) { return "qmv_tma_m" + std::to_string(8 * token_tiles); }
 std::string staged_name(int token_tiles) { return "qmv_staged_m" + std::to_string(8 * token_tiles); }
 int token_tiles_for(std::int64_t M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
+/// Whether `name` is a qmv_mma name followed by `suffix` ("_wg", "_k2").
+bool mma_name_with_suffix(const std::string& name, const std::string& suffix) {
+  return name.size() > suffix.size() && name.rfind(kMmaFamily, 0) == 0 &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
 }  // namespace
 
 std::string KernelConfig::name() const {
@@ -149,8 +154,7 @@ KernelConfig choose(const ProblemShape& p, const DeviceShape& d) {
 KernelConfig forced(const std::string& requested, const ProblemShape& p, const DeviceShape& d) {
   // "_wg" after any qmv_mma name: that configuration with wgmma MMAs (compute capability 9.0).
   const std::string wg = kWgmmaSuffix;
-  if (requested.size() > wg.size() && requested.rfind(kMmaFamily, 0) == 0 &&
-      requested.compare(requested.size() - wg.size(), wg.size(), wg) == 0) {
+  if (mma_name_with_suffix(requested, wg)) {
     if (!mma_supported(p) || d.compute_capability != 90 || !d.sm90a_code) {
       throw Error("[quantized_matmul] kernel " + requested +
                   " needs a compute capability 9.0 device and a build with sm_90a code (wgmma), transpose=true and "
@@ -165,8 +169,7 @@ KernelConfig forced(const std::string& requested, const ProblemShape& p, const D
   }
   // "_k2" after a qmv_mma cluster name with 8 or 16 tokens: each block's K run split in two.
   const std::string k2 = kBlockKSplitSuffix;
-  if (requested.size() > k2.size() && requested.rfind(kMmaFamily, 0) == 0 &&
-      requested.compare(requested.size() - k2.size(), k2.size(), k2) == 0) {
+  if (mma_name_with_suffix(requested, k2)) {
     KernelConfig c = forced(requested.substr(0, requested.size() - k2.size()), p, d);
     if (c.cluster == 0 || c.wgmma || c.token_tiles > kMmaMaxBlockKSplitTiles) {
       throw Error("[quantized_matmul] kernel " + requested +

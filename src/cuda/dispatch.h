@@ -102,7 +102,7 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d);
 /// the 32- and 64-token passes are wgmma, whose x staging is the whole block's).
 constexpr int kMmaMaxBlockKSplitTiles = 2;
 
-/// Threads of a qmv_mma block: 128 rows' worth (4 warps) per K part.
+/// Threads of a qmv_mma (or qmv_staged, always one part) block: 128 rows' worth (4 warps) per K part.
 inline int mma_block_threads(const KernelConfig& c) { return kMmaThreads * c.block_k_split; }
 
 /// KernelConfig::block_k_split for dispatch's cluster split (`cluster` ranks, from cluster_size):

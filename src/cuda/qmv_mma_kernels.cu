@@ -413,12 +413,8 @@ template <typename T, int TokenTiles>
 __device__ __forceinline__ void cluster_sum_pulled(const float (&acc)[2][TokenTiles][4], const MmaParams& p,
                                                    const ClusterPlace& place, unsigned char* shared) {
   constexpr int kEntries = 2 * TokenTiles;
-  auto& s_partial = *reinterpret_cast<float4(*)[kEntries][kMmaThreads]>(shared);
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-    for (int t = 0; t < TokenTiles; ++t)
-      s_partial[tile * TokenTiles + t][threadIdx.x] = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
+  auto& s_partial = *reinterpret_cast<qmm::cuda::stream_k::SharedFragments<TokenTiles>*>(shared);
+  qmm::cuda::stream_k::store_fragment(acc, s_partial, static_cast<int>(threadIdx.x));
   // Release this block's partial to the cluster and acquire the others'.
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
   for (int w = static_cast<int>(place.rank * kMmaThreads + threadIdx.x); w < kEntries * kMmaThreads;
@@ -560,29 +556,16 @@ __global__ void __launch_bounds__(kMmaThreads * KSplit,
     // The rank's run split in two: the second 128 threads take its last (s1 - s0) / 2 segments and
     // hand their partial to the first 128 through shared memory, which add it to theirs (a fixed
     // order: the same bits for every M of a token tile count).
-    __shared__ float4 s_handoff[2 * TokenTiles][kMmaThreads];
+    __shared__ qmm::cuda::stream_k::SharedFragments<TokenTiles> s_handoff;
     const int half = static_cast<int>(threadIdx.x) / kMmaThreads;  // warp-uniform
     const int mid = s1 - (s1 - s0) / 2;
     const int h0 = half == 0 ? s0 : mid;
     const int h1 = half == 0 ? mid : s1;
     if (h0 < h1) run_segments<T, Bits, TokenTiles, false, true, 2>(acc, p, static_cast<int>(place.id), h0, h1, nullptr);
     const int thread = static_cast<int>(threadIdx.x) % kMmaThreads;
-    if (half == 1) {
-#pragma unroll
-      for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-        for (int t = 0; t < TokenTiles; ++t)
-          s_handoff[tile * TokenTiles + t][thread] = qmm::cuda::stream_k::fragment_entry(acc, tile, t);
-    }
+    if (half == 1) qmm::cuda::stream_k::store_fragment(acc, s_handoff, thread);
     __syncthreads();
-    if (half == 0) {
-#pragma unroll
-      for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-        for (int t = 0; t < TokenTiles; ++t) {
-          qmm::cuda::stream_k::add_to(acc[tile][t], s_handoff[tile * TokenTiles + t][thread]);
-        }
-    }
+    if (half == 0) qmm::cuda::stream_k::add_fragment(acc, s_handoff, thread);
   }
   if constexpr (kPushed) {
     cluster_sum_pushed<T, TokenTiles, kMmaThreads * KSplit>(acc, p, place, partials);

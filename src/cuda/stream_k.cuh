@@ -124,6 +124,31 @@ __device__ __forceinline__ float4 fragment_entry(const float (&acc)[2][TokenTile
   return make_float4(acc[tile][t][0], acc[tile][t][1], acc[tile][t][2], acc[tile][t][3]);
 }
 
+/// A block's accumulator fragments in shared memory, entry-major: entry (tile, t) of thread i at
+/// [tile * TokenTiles + t][i] (the cluster kernel's pulled sum and its in-block K split use it).
+template <int TokenTiles>
+using SharedFragments = float4[2 * TokenTiles][kMmaThreads];
+
+/// Stores this thread's fragment (as thread `thread`) into `to`.
+template <int TokenTiles>
+__device__ __forceinline__ void store_fragment(const float (&acc)[2][TokenTiles][4], SharedFragments<TokenTiles>& to,
+                                               int thread) {
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) to[tile * TokenTiles + t][thread] = fragment_entry(acc, tile, t);
+}
+
+/// acc += thread `thread`'s fragment in `from`, entry by entry.
+template <int TokenTiles>
+__device__ __forceinline__ void add_fragment(float (&acc)[2][TokenTiles][4], const SharedFragments<TokenTiles>& from,
+                                             int thread) {
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+    for (int t = 0; t < TokenTiles; ++t) add_to(acc[tile][t], from[tile * TokenTiles + t][thread]);
+}
+
 /// Writes one float4 of an accumulator fragment, acc[tile][t][0..3] of thread `thread`, to out
 /// (rows of W are columns of out).
 template <typename T>
