@@ -116,7 +116,7 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   for (const int size : kMmaClusterSizes) {
     if (size == 5 && !wgmma_pays(tiles, d)) continue;
     if (row_blocks(p) * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
-    if ((segments + size - 1) / size <= stream_k_run + 1) return size;
+    if (cluster_run_fits((segments + size - 1) / size, stream_k_run, tiles <= 2)) return size;
   }
   return 0;
 }
