@@ -33,8 +33,10 @@ TEST(CudaDispatch, SixteenBitActivationsTakeTheTensorCoreFamily) {
         EXPECT_EQ(c.family, Family::qmv_mma) << M;
         const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
         EXPECT_EQ(c.token_tiles, tiles) << M;
-        // Clusters of 3 up to 16 tokens, stream-K with wgmma above (ClusterSplitWhereTheFixupCostsMore).
-        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles >= 4 ? "_wg" : "_c3"));
+        // Up to 16 tokens clusters of 3 for 2-, 4- and 8-bit weights, stream-K for the others; stream-K
+        // with wgmma above (ClusterSplitWhereTheFixupCostsMore).
+        const bool c3 = tiles <= 2 && (bits == 2 || bits == 4 || bits == 8);
+        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles >= 4 ? "_wg" : c3 ? "_c3" : ""));
       }
     }
   }
@@ -112,6 +114,13 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
     // 140 row blocks fit clusters of 2 only, whose 20 segments a rank are 33 % more than
     // stream-K's 15: stream-K.
     EXPECT_EQ(choose(shape(M, 17920, 5120), kH100).cluster, 0);
+    // 3-, 5- and 6-bit weights allow one segment more only.
+    for (int bits : {3, 5, 6}) {
+      EXPECT_EQ(choose(shape(M, 13824, 5120, bits), kH100).cluster, 0) << bits;
+      EXPECT_EQ(choose(shape(M, 5120, 13824, bits), kH100).cluster, 0) << bits;
+      EXPECT_EQ(choose(shape(M, 5120, 5120, bits), kH100).cluster, 8) << bits;
+    }
+    EXPECT_EQ(choose(shape(M, 5120, 13824, 8, Dtype::bfloat16), kH100).cluster, 8);
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 80}).cluster, 0);
   }
   // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 or 6 no longer

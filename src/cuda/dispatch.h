@@ -89,8 +89,8 @@ constexpr int kMmaMaxCluster = 16;
 ///   GPC (240 blocks in clusters of 6 on 264 slots ran as two waves on the H100, 336 on 396 ran
 ///   as one), and
 /// - streams no more segments per block than stream-K would, give or take what the stream-K fixup
-///   (3-4.5 us a call) costs: one segment more, or, in 8- and 16-token (mma.sync) passes, up to
-///   kClusterRunSlackPercent % more (cluster_run_fits).
+///   (3-4.5 us a call) costs: one segment more, or, in 8- and 16-token (mma.sync) passes of 2-,
+///   4- or 8-bit weights, up to kClusterRunSlackPercent % more (cluster_run_fits).
 /// Clusters of 5 only where the MMAs are wgmma (wgmma_pays): with mma.sync they were 5.5 % slower
 /// than stream-K at M = 17 on 5120 -> 5120; with wgmma 2-5 % faster at M = 33..64 and 9-10 %
 /// faster at M = 17..32 (bench/NOTES.md v11, v12).
@@ -101,19 +101,22 @@ constexpr int kMmaMaxCluster = 16;
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
 
 /// How much longer than a stream-K block's run (in segments) a cluster rank's run may be in an 8-
-/// or 16-token pass. The mma.sync cluster kernel has gained more than stream-K since the first
-/// rule (pushed partials, v16; L1::no_allocate, v17): on the H100, 13824 -> 5120 in clusters of 8
-/// (14 segments a rank against 11) is 2.5-4.5 % faster at every M <= 16, and 5120 -> 13824 in
-/// clusters of 3 is 4-6 % faster at M = 9..16 and within 1 % at M <= 8 (bench/NOTES.md v20).
+/// or 16-token pass of 2-, 4- or 8-bit weights. The mma.sync cluster kernel has gained more than
+/// stream-K since the first rule (pushed partials, v16; L1::no_allocate, v17): on the H100,
+/// 13824 -> 5120 in clusters of 8 (14 segments a rank against 11) is 0.5-6 % faster at every
+/// M <= 16, and 5120 -> 13824 in clusters of 3 is 5-7 % faster at M = 9..16 and within 1 % at
+/// M <= 8 (fp16 and bf16; 2- and 8-bit 2-6 % faster at every M). 3-, 5- and 6-bit weights (a
+/// chunk is not a whole number of 16-byte words) were 3-44 % slower there in clusters of 3, and
+/// 64-token (wgmma) passes 3-10 % slower with the longer runs, 32-token ones 0-3 % faster
+/// (bench/NOTES.md v20): those keep the first rule.
 constexpr int kClusterRunSlackPercent = 30;
 
 /// Whether a cluster rank's run of `cluster_run` segments is short enough against stream-K's
-/// `stream_k_run` (cluster_size): one segment more always, kClusterRunSlackPercent % more in a
-/// pass of up to 16 tokens; the 32- and 64-token passes keep the first rule (not measured with
-/// more).
-constexpr bool cluster_run_fits(std::int64_t cluster_run, std::int64_t stream_k_run, bool up_to_16_tokens) {
+/// `stream_k_run` (cluster_size): one segment more always, kClusterRunSlackPercent % more where
+/// `longer_runs_pay` (an 8- or 16-token pass of 2-, 4- or 8-bit weights).
+constexpr bool cluster_run_fits(std::int64_t cluster_run, std::int64_t stream_k_run, bool longer_runs_pay) {
   return cluster_run <= stream_k_run + 1 ||
-         (up_to_16_tokens && cluster_run * 100 <= stream_k_run * (100 + kClusterRunSlackPercent));
+         (longer_runs_pay && cluster_run * 100 <= stream_k_run * (100 + kClusterRunSlackPercent));
 }
 
 /// The most token tiles a block whose K run is split in two takes (KernelConfig::block_k_split;
