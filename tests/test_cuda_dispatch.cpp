@@ -33,10 +33,7 @@ TEST(CudaDispatch, SixteenBitActivationsTakeTheTensorCoreFamily) {
         EXPECT_EQ(c.family, Family::qmv_mma) << M;
         const int tiles = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
         EXPECT_EQ(c.token_tiles, tiles) << M;
-        // Up to 16 tokens clusters of 3 for 2-, 4- and 8-bit weights, stream-K for the others; stream-K
-        // with wgmma above (ClusterSplitWhereTheFixupCostsMore).
-        const bool c3 = tiles <= 2 && (bits == 2 || bits == 4 || bits == 8);
-        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles >= 4 ? "_wg" : c3 ? "_c3" : ""));
+        EXPECT_EQ(c.name(), "qmv_mma_m" + std::to_string(8 * tiles) + (tiles >= 4 ? "_wg" : ""));
       }
     }
   }
@@ -101,26 +98,10 @@ TEST(CudaDispatch, ClusterSplitWhereTheFixupCostsMore) {
     // Fused q|k|v, 56 row blocks: 448 blocks in clusters of 8 exceed 85 % of the 396 slots, 336
     // in clusters of 6 do not.
     EXPECT_EQ(choose(shape(M, 7168, 5120), kH100).cluster, 6) << M;
-    // 108 row blocks: clusters of 4 would need 432 resident blocks, clusters of 3 take 324 with
-    // 14 segments a rank, against 11 a stream-K block (27 % more, within the 30 % an 8- or
-    // 16-token pass allows).
-    EXPECT_EQ(choose(shape(M, 13824, 5120), kH100).name(), std::string(M <= 8 ? "qmv_mma_m8_c3" : "qmv_mma_m16_c3"));
-    EXPECT_EQ(choose(shape(M, 13824, 5120), kH100).blocks, 108 * 3);
-    // 108 segments: 14 a rank in clusters of 8 against 11 under stream-K.
-    EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 8);
-    EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).block_k_split, 1);  // 320 blocks
-    // The fused gate|up (216 row blocks): clusters of 2 would need 432 blocks.
-    EXPECT_EQ(choose(shape(M, 27648, 5120), kH100).cluster, 0);
-    // 140 row blocks fit clusters of 2 only, whose 20 segments a rank are 33 % more than
-    // stream-K's 15: stream-K.
-    EXPECT_EQ(choose(shape(M, 17920, 5120), kH100).cluster, 0);
-    // 3-, 5- and 6-bit weights allow one segment more only.
-    for (int bits : {3, 5, 6}) {
-      EXPECT_EQ(choose(shape(M, 13824, 5120, bits), kH100).cluster, 0) << bits;
-      EXPECT_EQ(choose(shape(M, 5120, 13824, bits), kH100).cluster, 0) << bits;
-      EXPECT_EQ(choose(shape(M, 5120, 5120, bits), kH100).cluster, 8) << bits;
-    }
-    EXPECT_EQ(choose(shape(M, 5120, 13824, 8, Dtype::bfloat16), kH100).cluster, 8);
+    // 108 row blocks: even clusters of 4 would need 432 resident blocks.
+    EXPECT_EQ(choose(shape(M, 13824, 5120), kH100).cluster, 0);
+    // 108 segments: 14 a block in clusters of 8 against 11 under stream-K.
+    EXPECT_EQ(choose(shape(M, 5120, 13824), kH100).cluster, 0);
     EXPECT_EQ(choose(shape(M, 5120, 5120), DeviceShape{132, 80}).cluster, 0);
   }
   // 17..64 tokens have fewer resident slots (two blocks per SM): 40 clusters of 8 or 6 no longer

@@ -113,11 +113,10 @@ int cluster_size(const ProblemShape& p, const DeviceShape& d) {
   const std::int64_t segments = (p.K + kMmaSegment - 1) / kMmaSegment;
   const int blocks = stream_k_blocks(p, d, mma_blocks_per_sm(tiles));
   const std::int64_t stream_k_run = (stream_k_items(p, kMmaSegment) + blocks - 1) / blocks;
-  const bool longer_runs_pay = tiles <= 2 && (p.bits == 2 || p.bits == 4 || p.bits == 8);
   for (const int size : kMmaClusterSizes) {
     if (size == 5 && !wgmma_pays(tiles, d)) continue;
     if (row_blocks(p) * size * 100 > slots * 85) continue;  // one wave, with room for GPC packing
-    if (cluster_run_fits((segments + size - 1) / size, stream_k_run, longer_runs_pay)) return size;
+    if ((segments + size - 1) / size <= stream_k_run + 1) return size;
   }
   return 0;
 }

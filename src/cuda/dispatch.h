@@ -76,8 +76,7 @@ constexpr int mma_blocks_per_sm(int token_tiles) { return token_tiles <= 2 ? 3 :
 /// qmv_mma's cluster split (sm_90): the cluster sizes dispatch considers, largest first. 8 is the
 /// portable maximum; larger, non-portable sizes (9, 12, 13, 16) measured slower on the H100
 /// (bench/NOTES.md v10): they do not pack into GPCs. 5 is for wgmma passes only (cluster_size).
-/// 3 and 2 serve layers of about 100 row blocks (5120 -> 13824 takes 3 at M <= 16).
-constexpr int kMmaClusterSizes[] = {8, 6, 5, 4, 3, 2};
+constexpr int kMmaClusterSizes[] = {8, 6, 5, 4};
 /// The largest portable cluster, and the largest one sm_90 allows at all (non-portable sizes need
 /// cudaFuncAttributeNonPortableClusterSizeAllowed); forced names take 1..kMmaMaxCluster.
 constexpr int kMmaMaxPortableCluster = 8;
@@ -88,36 +87,16 @@ constexpr int kMmaMaxCluster = 16;
 /// - fits in one wave: at most 85 % of the resident slots, since a cluster's blocks must share a
 ///   GPC (240 blocks in clusters of 6 on 264 slots ran as two waves on the H100, 336 on 396 ran
 ///   as one), and
-/// - streams no more segments per block than stream-K would, give or take what the stream-K fixup
-///   (3-4.5 us a call) costs: one segment more, or, in 8- and 16-token (mma.sync) passes of 2-,
-///   4- or 8-bit weights, up to kClusterRunSlackPercent % more (cluster_run_fits).
+/// - streams at most one segment more per block than stream-K would, so the stream-K fixup
+///   (3-4.5 us a call) costs more than the longer runs.
 /// Clusters of 5 only where the MMAs are wgmma (wgmma_pays): with mma.sync they were 5.5 % slower
 /// than stream-K at M = 17 on 5120 -> 5120; with wgmma 2-5 % faster at M = 33..64 and 9-10 %
 /// faster at M = 17..32 (bench/NOTES.md v11, v12).
 /// On the H100: 5120 -> 5120 takes 8 up to M = 16 (14.5 -> 12.2 us at M = 1) and 5 at
 /// M = 17..64; 5120 -> 1024 8 at every M (-10..-18 %); the fused q|k|v 5120 -> 7168 6 up to
-/// M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 3 and 13824 -> 5120 8 up to M = 16 (14
-/// segments a rank against 11 a stream-K block; bench/NOTES.md v20), stream-K above.
+/// M = 16 (15.9 -> 14.5 us), then 4; 5120 -> 13824 and 13824 -> 5120 keep stream-K (clusters were
+/// 2-28 % slower).
 int cluster_size(const ProblemShape& p, const DeviceShape& d);
-
-/// How much longer than a stream-K block's run (in segments) a cluster rank's run may be in an 8-
-/// or 16-token pass of 2-, 4- or 8-bit weights. The mma.sync cluster kernel has gained more than
-/// stream-K since the first rule (pushed partials, v16; L1::no_allocate, v17): on the H100,
-/// 13824 -> 5120 in clusters of 8 (14 segments a rank against 11) is 0.5-6 % faster at every
-/// M <= 16, and 5120 -> 13824 in clusters of 3 is 5-7 % faster at M = 9..16 and within 1 % at
-/// M <= 8 (fp16 and bf16; 2- and 8-bit 2-6 % faster at every M). 3-, 5- and 6-bit weights (a
-/// chunk is not a whole number of 16-byte words) were 3-44 % slower there in clusters of 3, and
-/// 64-token (wgmma) passes 3-10 % slower with the longer runs, 32-token ones 0-3 % faster
-/// (bench/NOTES.md v20): those keep the first rule.
-constexpr int kClusterRunSlackPercent = 30;
-
-/// Whether a cluster rank's run of `cluster_run` segments is short enough against stream-K's
-/// `stream_k_run` (cluster_size): one segment more always, kClusterRunSlackPercent % more where
-/// `longer_runs_pay` (an 8- or 16-token pass of 2-, 4- or 8-bit weights).
-constexpr bool cluster_run_fits(std::int64_t cluster_run, std::int64_t stream_k_run, bool longer_runs_pay) {
-  return cluster_run <= stream_k_run + 1 ||
-         (longer_runs_pay && cluster_run * 100 <= stream_k_run * (100 + kClusterRunSlackPercent));
-}
 
 /// The most token tiles a block whose K run is split in two takes (KernelConfig::block_k_split;
 /// the 32- and 64-token passes are wgmma, whose x staging is the whole block's).
