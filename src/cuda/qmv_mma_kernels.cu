@@ -367,11 +367,16 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
   // After a run's first segment the cluster kernel's pairs loop and wgmma passes load their
-  // weights without L1 allocation (mma_fragments.cuh WeightLoad). The stream-K kernel, and the
-  // cluster kernel's one- and two-buffer loops (6- and 8-bit), keep the plain hint: with
-  // no_allocate those loops measured 0..+6.5 % slower on the H100 (bench/NOTES.md v17 item 3).
+  // weights without L1 allocation (mma_fragments.cuh WeightLoad) where a thread's chunk is one
+  // vector load (2- and 4-bit). The stream-K kernel, the cluster kernel's one- and two-buffer
+  // loops (6- and 8-bit), and chunks of several loads keep the plain hint: with no_allocate those
+  // loops measured 0..+6.5 % slower on the H100 (bench/NOTES.md v17 item 3), and a chunk of
+  // several loads (3-, 5-, 6- and 8-bit: the loads of a row's four lanes fall in the same
+  // sectors) asks L2 for each sector once per load instead of once (5-bit 8-token passes 45 %
+  // slower than the 16-token ones at M=1, bench/NOTES.md v20).
   using mma::WeightLoad;
-  constexpr WeightLoad kRest = Cluster ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
+  constexpr bool kOneLoadChunk = Bits == 2 || Bits == 4;
+  constexpr WeightLoad kRest = Cluster && kOneLoadChunk ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles, kRest>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
