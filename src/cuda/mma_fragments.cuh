@@ -39,8 +39,8 @@ struct Chunk {
 ///   H100 (bench/NOTES.md v17), all weight loads after a run's first: the cluster kernel
 ///   1.4-3.4 % faster on 5120 -> 5120 and 0.7-2.1 % on 5120 -> 1024 at every M; the stream-K
 ///   kernel 10-22 % slower at M <= 16 and mixed (-2..+3 %) at M = 17..64 on the large shapes, so
-///   only the cluster kernel takes it, and there only its pairs loop and wgmma passes, for 2- and
-///   4-bit weights (qmv_mma_kernels.cu run_segments).
+///   only the cluster kernel takes it, and there only its pairs loop and wgmma passes, for 2-, 4-
+///   and 8-bit weights (qmv_mma_kernels.cu run_segments).
 enum class WeightLoad { plain, l2_256, l2_256_no_l1 };
 
 /// Loads of 1, 2 or 4 consecutive words, issued as Load says.

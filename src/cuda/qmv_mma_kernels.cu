@@ -366,17 +366,17 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
-  // After a run's first segment the cluster kernel's pairs loop and wgmma passes load their
-  // weights without L1 allocation (mma_fragments.cuh WeightLoad) where a thread's chunk is one
-  // vector load (2- and 4-bit). The stream-K kernel, the cluster kernel's one- and two-buffer
-  // loops (6- and 8-bit), and chunks of several loads keep the plain hint: with no_allocate those
-  // loops measured 0..+6.5 % slower on the H100 (bench/NOTES.md v17 item 3), and a chunk of
-  // several loads (3-, 5-, 6- and 8-bit: the loads of a row's four lanes fall in the same
-  // sectors) asks L2 for each sector once per load instead of once (5-bit 8-token passes 45 %
-  // slower than the 16-token ones at M=1, bench/NOTES.md v20).
+  // After a run's first segment the cluster kernel's pairs loop and wgmma passes load 2-, 4- and
+  // 8-bit weights without L1 allocation (mma_fragments.cuh WeightLoad). The stream-K kernel, the
+  // cluster kernel's one- and two-buffer loops (6- and 8-bit), and 3-, 5- and 6-bit weights keep
+  // the plain hint. With no_allocate those loops measured 0..+6.5 % slower on the H100
+  // (bench/NOTES.md v17 item 3). A 3-, 5- or 6-bit chunk is 3 to 6 word or word-pair loads whose
+  // lanes share sectors, and without L1 every load asks L2 again: with the plain hint q/o took
+  // 6 / 24 / 10 % less at M = 1 (3 / 5 / 6 bits) and 3-12 % less at M = 33..64
+  // (bench/NOTES.md v20). 8-bit (two 16-byte loads) read 0.4-1.5 % slower with it.
   using mma::WeightLoad;
-  constexpr bool kOneLoadChunk = Bits == 2 || Bits == 4;
-  constexpr WeightLoad kRest = Cluster && kOneLoadChunk ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
+  constexpr bool kNoL1 = Cluster && (Bits == 2 || Bits == 4 || Bits == 8);
+  constexpr WeightLoad kRest = kNoL1 ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles, kRest>(acc, p, wrow, srow, brow, s0, s1, c, stages);
   } else if constexpr (run_loop(TokenTiles, Bits) == RunLoop::pairs_x_ahead) {
