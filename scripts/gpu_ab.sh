@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # An A/B in one call on a GPU machine, so every comparison is within one run (bench/NOTES.md):
-# the working tree and variants of it (the tree with a patch applied, each built in its own copy)
-# run the same `qmm bench` arguments, interleaved (tree, variants, tree, ... for --rounds rounds),
-# each binary with every kernel of --kernels ("" or "auto" = dispatch's choice).
+# the working tree and variants of it (the tree with a patch applied, each built in its own copy,
+# side by side) run the same `qmm bench` arguments, interleaved (tree, variants, tree, ... for
+# --rounds rounds), each binary with every kernel of --kernels ("" or "auto" = dispatch's choice);
+# with --model, each binary also runs `qmm model ARGS` in every round (dispatch's kernels: a bench
+# gain that does not survive between a model's other kernels shows there, bench/NOTES.md v20).
 #   scripts/gpu_ab.sh [--debs DIR] [--variant NAME=PATCH]... [--kernels "auto,qmv_mma_c8"] [--rounds N]
-#                     [--cmake "ARGS"] -- BENCH_ARGS...
+#                     [--cmake "ARGS"] [--model "ARGS"] [-- BENCH_ARGS...]
 # PATCH is `git diff` output against the tree (make it here: `git diff HEAD OTHER -- src include >
 # .dev/other.patch`, carried to the machine), applied with `patch -p1`. --debs as in
-# scripts/gpu_check.sh. Writes to $OUT (or ./gpu-out): ab.txt (every run's table), ab/*.json
-# (one report per label and round) and ab_summary.txt (scripts/ab_summary.py: per shape and M the
-# lowest round median of each label and its change against the tree's first kernel), printed too.
+# scripts/gpu_check.sh. Without BENCH_ARGS (and with --model) only the model runs. Writes to $OUT
+# (or ./gpu-out): ab.txt (every bench table), model_ab.txt (every model table), ab/*.json (one
+# report per label and round) and ab_summary.txt (scripts/ab_summary.py: per shape, or model, and M
+# the lowest round median of each label and its change against the tree's first kernel), printed too.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu-out}
-DEBS="" ROUNDS=2 KERNELS="auto" CMAKE_ARGS=""
+DEBS="" ROUNDS=2 KERNELS="auto" CMAKE_ARGS="" MODEL_ARGS=""
 VARIANTS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,22 +25,28 @@ while [ $# -gt 0 ]; do
     --kernels) KERNELS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --cmake) CMAKE_ARGS=$2; shift 2 ;;
+    --model) MODEL_ARGS=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "gpu_ab: unknown argument $1 (bench arguments go after --)" >&2; exit 2 ;;
   esac
 done
 BENCH_ARGS=("$@")
+RUN_BENCH=1
+[ ${#BENCH_ARGS[@]} -eq 0 ] && [ -n "$MODEL_ARGS" ] && RUN_BENCH=0
 [ -n "$DEBS" ] && DEBS=$(realpath "$DEBS")  # the variants build from other folders
 mkdir -p "$OUT/ab"
 source scripts/gpu_build.sh
 tree=$PWD
 
-# Binaries: label -> qmm executable. The tree first (the baseline).
+# Binaries: label -> qmm executable. The tree first (the baseline). The tree and the variants build
+# side by side (each copy's build is independent; the compile is the longest part of a call).
 labels=(tree)
 binaries=("$tree/build-gpu/qmm")
 mkdir -p "$OUT/logs/tree"
+pids=()
 # shellcheck disable=SC2086  # CMAKE_ARGS is a list of words on purpose
-gpu_build "$OUT/logs/tree" "$DEBS" qmm_cli $CMAKE_ARGS || exit 1
+gpu_build "$OUT/logs/tree" "$DEBS" qmm_cli $CMAKE_ARGS &
+pids+=($!)
 for spec in "${VARIANTS[@]}"; do
   name=${spec%%=*}
   patch_file=$(realpath "${spec#*=}")
@@ -50,10 +59,12 @@ for spec in "${VARIANTS[@]}"; do
     exit 1
   fi
   # shellcheck disable=SC2086
-  (cd "$dir" && gpu_build "$OUT/logs/$name" "$DEBS" qmm_cli $CMAKE_ARGS) || exit 1
+  (cd "$dir" && gpu_build "$OUT/logs/$name" "$DEBS" qmm_cli $CMAKE_ARGS) &
+  pids+=($!)
   labels+=("$name")
   binaries+=("$dir/build-gpu/qmm")
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 for i in "${!labels[@]}"; do
   if [ ! -x "${binaries[$i]}" ]; then
     echo "gpu_ab: ${labels[$i]} did not build (logs/${labels[$i]}/build.log)" >&2
@@ -65,8 +76,14 @@ IFS=',' read -r -a kernel_list <<<"$KERNELS"
 declare -A files
 order=()
 : >"$OUT/ab.txt"
+[ -n "$MODEL_ARGS" ] && : >"$OUT/model_ab.txt"
+add_file() {  # label json: the label's report files, in first-seen order
+  [ -z "${files[$1]:-}" ] && order+=("$1")
+  files[$1]="${files[$1]:+${files[$1]},}$2"
+}
 for ((round = 1; round <= ROUNDS; ++round)); do
   for i in "${!labels[@]}"; do
+    [ "$RUN_BENCH" = 1 ] || break
     for kernel in "${kernel_list[@]}"; do
       label=${labels[$i]}
       kernel_args=()
@@ -80,9 +97,20 @@ for ((round = 1; round <= ROUNDS; ++round)); do
         echo "gpu_ab: $label failed in round $round (ab.txt)" >&2
         exit 1
       fi
-      [ -z "${files[$label]:-}" ] && order+=("$label")
-      files[$label]="${files[$label]:+${files[$label]},}$json"
+      add_file "$label" "$json"
     done
+  done
+  [ -n "$MODEL_ARGS" ] || continue
+  for i in "${!labels[@]}"; do
+    label=${labels[$i]}
+    json="$OUT/ab/model_${label}_r$round.json"
+    echo "=== round $round $label: qmm model $MODEL_ARGS" >>"$OUT/model_ab.txt"
+    # shellcheck disable=SC2086  # MODEL_ARGS is a list of words on purpose
+    if ! "${binaries[$i]}" model $MODEL_ARGS --json "$json" >>"$OUT/model_ab.txt" 2>&1; then
+      echo "gpu_ab: qmm model failed for $label in round $round (model_ab.txt)" >&2
+      exit 1
+    fi
+    add_file "$label" "$json"
   done
 done
 summary_args=()

@@ -1,6 +1,7 @@
 """CPU test of scripts/ab_summary.py (ctest ab_summary, label cpu): per (shape, M) each label's
 lowest round median, its change against the first label, the kernels, only the M every label
-measured, and a file of another schema refused.
+measured; qmm model reports beside the bench ones, a shape the baseline lacks compared against the
+first label that has it; a file of another schema refused.
 
     python3 tests/ab_summary_test.py scripts/ab_summary.py
 """
@@ -55,6 +56,33 @@ with tempfile.TemporaryDirectory() as tmp:
     assert row2.split()[1:4] == ["5.70", "5.30", "(-7.0%)"], row2
     assert not any(line.split()[0] == "8" for line in lines[2:]), text  # only M both measured
 
+    # qmm model reports (ms) in the same labels, and a shape only the variant measured.
+    def model(rows):
+        return {"schema": "qmm-model-bench/1", "model": "synthetic tiny",
+                "rows": [{"m": m, "ms": ms} for m, ms in rows.items()]}
+
+    tree_m = [write("tm1.json", model({1: 2.0, 8: 2.5})), write("tm2.json", model({1: 1.9, 8: 2.6}))]
+    k2_m = [write("km1.json", model({1: 2.09, 8: 2.5}))]
+    extra = write("x1.json", {"schema": "qmm-bench/1", "shapes": [
+        {"k": 4096, "n": 4096, "rows": [{"m": 1, "us": {"median": 7.0}, "launch": {"kernel": "qmv_mma_m8"}}]}]})
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = tool.main(["ab_summary.py", "tree=" + ",".join(tree + tree_m),
+                            "k2=" + ",".join(k2 + k2_m + [extra])])
+    assert status == 0, status
+    lines = out.getvalue().splitlines()
+    # Bench shapes first, then the model.
+    titles = [line for line in lines if line.startswith("==")]
+    assert titles == ["== K=4096 -> N=4096 (against k2)", "== K=5120 -> N=1024",
+                      "== qmm model: synthetic tiny (ms)"], titles
+    at = lines.index("== qmm model: synthetic tiny (ms)")
+    model_rows = {line.split()[0]: line.split()[1:] for line in lines[at + 2:]}
+    # Lowest medians: tree 1.9 (not 2.0) and 2.5, k2 2.09 and 2.5; 2.09 / 1.9 - 1 = +10.0 %.
+    assert model_rows["1"] == ["1.900", "2.090", "(+10.0%)"], model_rows
+    assert model_rows["8"] == ["2.500", "2.500", "(+0.0%)"], model_rows
+    at = lines.index("== K=4096 -> N=4096 (against k2)")
+    assert lines[at + 2].split()[:2] == ["1", "7.00"], lines[at + 2]
+
     # Usage errors and other schemas.
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         assert tool.main(["ab_summary.py"]) == 2
@@ -64,6 +92,6 @@ with tempfile.TemporaryDirectory() as tmp:
         tool.load([other])
         raise AssertionError("a qmm-peers/1 file was accepted")
     except ValueError as e:
-        assert "not a qmm-bench/1 report" in str(e), e
+        assert "not a qmm-bench/1 or qmm-model-bench/1 report" in str(e), e
 
 print("ab_summary: all checks passed")
