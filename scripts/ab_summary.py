@@ -65,8 +65,7 @@ def summary(labelled):
             for i, (_, data) in enumerate(present):
                 t, kernel = data[key][m]
                 value = f"{t:.3f}" if model else f"{t:.2f}"
-                change = f" ({100.0 * (t / t0 - 1.0):+.1f}%)"
-                cells.append(f" {value:>13}{change:>9}" if i else f" {value:>22}")
+                cells.append(f" {value:>13}{f' ({100.0 * (t / t0 - 1.0):+.1f}%)':>9}" if i else f" {value:>22}")
                 kernels.append(kernel)
             lines.append(f"{m:>5}" + "".join(cells) + ("" if model else "  " + " / ".join(kernels)))
     return "\n".join(lines) + "\n"

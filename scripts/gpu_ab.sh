@@ -82,24 +82,25 @@ add_file() {  # label json: the label's report files, in first-seen order
   files[$1]="${files[$1]:+${files[$1]},}$2"
 }
 for ((round = 1; round <= ROUNDS; ++round)); do
-  for i in "${!labels[@]}"; do
-    [ "$RUN_BENCH" = 1 ] || break
-    for kernel in "${kernel_list[@]}"; do
-      label=${labels[$i]}
-      kernel_args=()
-      if [ -n "$kernel" ] && [ "$kernel" != auto ]; then
-        label="$label:$kernel"
-        kernel_args=(--kernel "$kernel")
-      fi
-      json="$OUT/ab/${label//[:\/]/_}_r$round.json"
-      echo "=== round $round $label: qmm bench ${BENCH_ARGS[*]} ${kernel_args[*]}" >>"$OUT/ab.txt"
-      if ! "${binaries[$i]}" bench -q "${BENCH_ARGS[@]}" "${kernel_args[@]}" --json "$json" >>"$OUT/ab.txt" 2>&1; then
-        echo "gpu_ab: $label failed in round $round (ab.txt)" >&2
-        exit 1
-      fi
-      add_file "$label" "$json"
+  if [ "$RUN_BENCH" = 1 ]; then
+    for i in "${!labels[@]}"; do
+      for kernel in "${kernel_list[@]}"; do
+        label=${labels[$i]}
+        kernel_args=()
+        if [ -n "$kernel" ] && [ "$kernel" != auto ]; then
+          label="$label:$kernel"
+          kernel_args=(--kernel "$kernel")
+        fi
+        json="$OUT/ab/${label//[:\/]/_}_r$round.json"
+        echo "=== round $round $label: qmm bench ${BENCH_ARGS[*]} ${kernel_args[*]}" >>"$OUT/ab.txt"
+        if ! "${binaries[$i]}" bench -q "${BENCH_ARGS[@]}" "${kernel_args[@]}" --json "$json" >>"$OUT/ab.txt" 2>&1; then
+          echo "gpu_ab: $label failed in round $round (ab.txt)" >&2
+          exit 1
+        fi
+        add_file "$label" "$json"
+      done
     done
-  done
+  fi
   [ -n "$MODEL_ARGS" ] || continue
   for i in "${!labels[@]}"; do
     label=${labels[$i]}

@@ -39,8 +39,8 @@ struct Chunk {
 ///   H100 (bench/NOTES.md v17), all weight loads after a run's first: the cluster kernel
 ///   1.4-3.4 % faster on 5120 -> 5120 and 0.7-2.1 % on 5120 -> 1024 at every M; the stream-K
 ///   kernel 10-22 % slower at M <= 16 and mixed (-2..+3 %) at M = 17..64 on the large shapes, so
-///   only the cluster kernel takes it, and there only its pairs loop and wgmma passes, for 2-, 4-
-///   and 8-bit weights (qmv_mma_kernels.cu run_segments).
+///   only the cluster kernel takes it, and there only its pairs loop and wgmma passes, for chunks
+///   not in narrow loads (chunk_in_narrow_loads; qmv_mma_kernels.cu run_segments).
 enum class WeightLoad { plain, l2_256, l2_256_no_l1 };
 
 /// Loads of 1, 2 or 4 consecutive words, issued as Load says.
@@ -99,6 +99,12 @@ __device__ __forceinline__ uint4 load_x_quad(const void* p) {
 /// Loads a chunk with the widest aligned vector loads its size allows (the row and chunk
 /// offsets are multiples of 4*Bits bytes; see dispatch's alignment check for the base), issued
 /// as Load says.
+/// Whether load_chunk takes a chunk of `bits`-bit weights in several loads narrower than 16 bytes
+/// (3 and 5 bits: words; 6 bits: word pairs). The four lanes of a row then ask for the same
+/// sectors once per load: L1 merges those requests, and with L1::no_allocate each goes to L2
+/// (3-, 5- and 6-bit cluster passes 6-24 % slower at M = 1 on the H100, bench/NOTES.md v20).
+constexpr bool chunk_in_narrow_loads(int bits) { return bits == 3 || bits == 5 || bits == 6; }
+
 template <int Bits, WeightLoad Load = WeightLoad::l2_256>
 __device__ __forceinline__ Chunk<Bits> load_chunk(const std::uint32_t* p) {
   Chunk<Bits> c;

@@ -366,16 +366,13 @@ __device__ __forceinline__ void run_segments(float (&acc)[2][TokenTiles][4], con
     srow[i] = scales + static_cast<std::int64_t>(n) * p.groups_per_row;
     brow[i] = biases + static_cast<std::int64_t>(n) * p.groups_per_row;
   }
-  // After a run's first segment the cluster kernel's pairs loop and wgmma passes load 2-, 4- and
-  // 8-bit weights without L1 allocation (mma_fragments.cuh WeightLoad). The stream-K kernel, the
-  // cluster kernel's one- and two-buffer loops (6- and 8-bit), and 3-, 5- and 6-bit weights keep
-  // the plain hint. With no_allocate those loops measured 0..+6.5 % slower on the H100
-  // (bench/NOTES.md v17 item 3). A 3-, 5- or 6-bit chunk is 3 to 6 word or word-pair loads whose
-  // lanes share sectors, and without L1 every load asks L2 again: with the plain hint q/o took
-  // 6 / 24 / 10 % less at M = 1 (3 / 5 / 6 bits) and 3-12 % less at M = 33..64
-  // (bench/NOTES.md v20). 8-bit (two 16-byte loads) read 0.4-1.5 % slower with it.
+  // After a run's first segment the cluster kernel's pairs loop and wgmma passes load their
+  // weights without L1 allocation (mma_fragments.cuh WeightLoad), unless a chunk comes in narrow
+  // loads (3-, 5-, 6-bit: mma::chunk_in_narrow_loads). The stream-K kernel, and the cluster
+  // kernel's one- and two-buffer loops (6- and 8-bit), keep the plain hint: with no_allocate those
+  // loops measured 0..+6.5 % slower on the H100 (bench/NOTES.md v17 item 3).
   using mma::WeightLoad;
-  constexpr bool kNoL1 = Cluster && (Bits == 2 || Bits == 4 || Bits == 8);
+  constexpr bool kNoL1 = Cluster && !mma::chunk_in_narrow_loads(Bits);
   constexpr WeightLoad kRest = kNoL1 ? WeightLoad::l2_256_no_l1 : WeightLoad::l2_256;
   if constexpr (Wgmma) {
     run_wgmma<T, Bits, TokenTiles, kRest>(acc, p, wrow, srow, brow, s0, s1, c, stages);
